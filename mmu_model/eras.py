@@ -1,0 +1,131 @@
+"""Eras: pinned kernel behaviours, as data plus the few functions that differ.
+
+An :class:`Era` holds the role-bit masks, the role formulas and a table of
+the mirrored kernel functions.  The core modules implement the v6.18 shape
+of every function; an era lists only what it replaces (``overrides``) and
+the names its source uses where they differ (``names``), so its trace reads
+like that kernel.  A variant is an era derived from another with some
+functions replaced (:meth:`Era.derive`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from types import SimpleNamespace
+from typing import Callable, Optional
+
+from . import mmu, smm, tdp_mmu, vendor, x86
+from .trace import traced
+
+# Every mirrored function, by the name the core calls it with.
+CORE_FUNCTIONS: dict[str, Callable] = {}
+for _module, _names in [
+    (mmu, "mmu_free_root_page kvm_mmu_free_roots kvm_mmu_unload kvm_mmu_reset_context "
+          "kvm_init_mmu init_kvm_tdp_mmu init_kvm_softmmu is_root_usable "
+          "cached_root_find_and_keep_current cached_root_find_without_current fast_pgd_switch "
+          "kvm_mmu_new_pgd mmu_alloc_root kvm_mmu_get_shadow_page mmu_alloc_direct_roots "
+          "mmu_alloc_shadow_roots kvm_mmu_sync_roots kvm_mmu_sync_prev_roots kvm_mmu_load_pgd "
+          "kvm_mmu_load kvm_mmu_reload kvm_mmu_free_obsolete_roots kvm_mmu_invalidate_addr "
+          "kvm_mmu_invlpg kvm_mmu_invpcid_gva"),
+    (tdp_mmu, "kvm_tdp_mmu_alloc_root kvm_tdp_mmu_put_root"),
+    (x86, "load_pdptrs kvm_set_cr0 kvm_post_set_cr0 kvm_set_cr4 kvm_post_set_cr4 kvm_set_cr3 "
+          "kvm_invalidate_pcid kvm_handle_invpcid set_efer __set_sregs kvm_vcpu_reset "
+          "__apic_accept_irq kvm_apic_accept_events kvm_vcpu_flush_tlb_current kvm_vcpu_flush_tlb_guest "
+          "kvm_vcpu_flush_tlb_all kvm_service_local_tlb_flush_requests "
+          "kvm_check_and_inject_events vcpu_enter_guest"),
+    (smm, "kvm_inject_smi process_smi kvm_smm_changed enter_smm em_rsm emulator_leave_smm "
+          "rsm_load_state_64 rsm_enter_protected_mode"),
+]:
+    for _name in _names.split():
+        CORE_FUNCTIONS[_name] = getattr(_module, _name)
+CORE_FUNCTIONS.update(vendor.VENDOR_FUNCTIONS)
+
+# Functions the trace leaves out: predicates called in loops add lines, not insight.
+UNTRACED = frozenset({"is_root_usable"})
+
+
+@dataclass(frozen=True)
+class Era:
+    """One kernel behaviour that scenarios can be run under."""
+    name: str
+    kernel: str                       # the kernel range, e.g. "v6.4 .. v6.18"
+    summary: str                      # one line: what characterises it
+    sources: tuple                    # commits and Message-IDs that define it
+    calc_roles: Callable              # (RoleRegs, tdp) -> (cpu_role, root_role, root_level)
+    page_role_fields: tuple
+    cpu_role_name: str                # "mmu_role" (before v5.19) or "cpu_role"
+    cr0_role_bits: int
+    cr4_role_bits: int
+    efer_role_bits: int
+    cr0_guest_owned_with_ept: int     # CR0 bits VMX lets the guest own with EPT (besides TS)
+    has_mmu_reload: bool              # KVM_REQ_MMU_RELOAD exists (up to v5.17)
+    tdp_mmu_owns_roots: bool          # v6.4+: the TDP MMU holds its own root reference
+    sregs_flush_guest: bool           # v6.6+: KVM_SET_SREGS also flushes the guest TLB
+    reset_flushes_on_pg: bool         # v5.18+: INIT with CR0.PG=1 flushes before the reset
+    inferred: Optional[str] = None    # what the reference marks as inferred
+    parent: Optional[str] = None      # for variants: the era they start from
+    overrides: dict = field(default_factory=dict)   # core name -> replacement function
+    names: dict = field(default_factory=dict)       # core name -> this kernel's name (None: inlined)
+
+    def kernel_name(self, core_name: str, vendor_name: str = "vmx") -> Optional[str]:
+        if core_name in self.names:
+            return self.names[core_name]
+        return vendor.VENDOR_NAMES[vendor_name].get(core_name, core_name)
+
+    def build_ops(self, trace=None, vendor_name: str = "vmx") -> SimpleNamespace:
+        """The table of mirrored functions a VM of this era calls through."""
+        ops = SimpleNamespace()
+        for core_name, fn in {**CORE_FUNCTIONS, **self.overrides}.items():
+            name = self.kernel_name(core_name, vendor_name)
+            if trace is not None and name is not None and core_name not in UNTRACED:
+                fn = traced(trace, name, fn)
+            setattr(ops, core_name, fn)
+        return ops
+
+    def derive(self, name: str, summary: str, **functions) -> "Era":
+        """A variant: this era with some mirrored functions replaced.
+
+        Keys are the core names (``kvm_post_set_cr4``, ``kvm_mmu_reset_context``…);
+        each value takes the kernel function's arguments.  Register the result
+        with :func:`register_era` to use it by name.
+        """
+        known = set(CORE_FUNCTIONS) | set(self.overrides)
+        unknown = sorted(set(functions) - known)
+        if unknown:
+            raise ValueError(f"not a mirrored function: {', '.join(unknown)} "
+                             f"(expected one of: {', '.join(sorted(known))})")
+        return replace(self, name=name, summary=summary, parent=self.name,
+                       overrides={**self.overrides, **functions})
+
+
+ERAS: dict[str, Era] = {}
+
+
+def register_era(era: Era) -> Era:
+    """Make ``era`` available by name (CLI ``--era``, scenarios, compare)."""
+    ERAS[era.name] = era
+    return era
+
+
+def get_era(name: str) -> Era:
+    """The era called ``name``; KeyError naming the known eras otherwise."""
+    _load_builtin()
+    try:
+        return ERAS[name]
+    except KeyError:
+        raise KeyError(f"unknown era {name!r} (expected one of: {', '.join(ERAS)})") from None
+
+
+def all_eras() -> list[Era]:
+    _load_builtin()
+    return list(ERAS.values())
+
+
+DEFAULT_ERA = "v6.18"
+_loaded = False
+
+
+def _load_builtin():
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        from . import era_v5_17, era_v6_18   # noqa: F401  (they register themselves)

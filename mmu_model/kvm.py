@@ -1,0 +1,203 @@
+"""The VM, its vCPUs, their MMU contexts and the root pages they hold.
+
+Containers are small mutable classes named after the kernel's structs; the
+values they hold (roles, root infos) are immutable.  ``hpa`` fields hold the
+page object itself, or ``None`` for INVALID_PAGE.
+
+Mirrors: arch/x86/include/asm/kvm_host.h: struct kvm_mmu,
+struct kvm_mmu_root_info, struct kvm_vcpu_arch, struct kvm_arch;
+arch/x86/kvm/mmu/mmu_internal.h: struct kvm_mmu_page.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+from .registers import ALL_FEATURES, X86_CR3_PCID_MASK, X86_CR4
+from .roles import KvmCpuRole, KvmMmuPageRole
+
+KVM_MMU_NUM_PREV_ROOTS = 3
+# Root-selection flags for kvm_mmu_free_roots() (kvm_host.h).
+KVM_MMU_ROOT_CURRENT = 1 << 0
+
+
+def KVM_MMU_ROOT_PREVIOUS(i: int) -> int:
+    return 1 << (1 + i)
+
+
+KVM_MMU_ROOTS_ALL = (1 << (1 + KVM_MMU_NUM_PREV_ROOTS)) - 1
+
+
+class KvmMmuPage:
+    """struct kvm_mmu_page, for the pages that serve as roots.
+
+    ``root_count`` counts vCPU slots (current or previous) that point at the
+    page.  For TDP MMU roots it is ``tdp_mmu_root_count`` in the kernel and,
+    from v6.4, includes one reference owned by the TDP MMU itself.
+    """
+    __slots__ = ("id", "gfn", "role", "root_count", "tdp_mmu_page", "destroyed",
+                 "tdp_mmu_ref", "unsync")
+
+    def __init__(self, id: int, gfn: int, role: KvmMmuPageRole, tdp_mmu_page: bool = False):
+        self.id = id
+        self.gfn = gfn
+        self.role = role
+        self.root_count = 0
+        self.tdp_mmu_page = tdp_mmu_page
+        self.tdp_mmu_ref = False   # v6.4+: the TDP MMU holds a reference of its own
+        self.destroyed = False
+        self.unsync = False
+
+    @property
+    def kind(self) -> str:
+        return "tdp_mmu" if self.tdp_mmu_page else ("direct" if self.role.direct else "shadow")
+
+    def __repr__(self):
+        return f"<root {self.id} {self.kind} gfn={self.gfn:#x} count={self.root_count}>"
+
+
+class KvmPaeRoot:
+    """The per-MMU ``pae_root`` page: four PDPTE-like pointers to real roots.
+
+    It has no struct kvm_mmu_page behind it, so KVM never caches it in
+    prev_roots; each load rebuilds it (the model gives each build an id).
+    """
+    __slots__ = ("id", "entries", "role")
+
+    def __init__(self, id: int, entries: list, role: KvmMmuPageRole):
+        self.id = id
+        self.entries = entries
+        self.role = role
+
+    kind = "special"
+
+    def __repr__(self):
+        ids = [e.id if e else None for e in self.entries]
+        return f"<special root {self.id} pae_root={ids}>"
+
+
+class KvmMmuRootInfo(NamedTuple):
+    """struct kvm_mmu_root_info: the guest pgd and the root page (None = INVALID_PAGE)."""
+    pgd: int
+    hpa: object
+
+
+KVM_MMU_ROOT_INFO_INVALID = KvmMmuRootInfo(0, None)
+
+
+def root_to_sp(hpa) -> Optional[KvmMmuPage]:
+    """root_to_sp() / to_shadow_page(): the shadow page behind a root, if any."""
+    return hpa if type(hpa) is KvmMmuPage else None
+
+
+class KvmMmu:
+    """struct kvm_mmu: one MMU context's roots and roles."""
+    __slots__ = ("name", "root", "prev_roots", "cpu_role", "root_role", "root_level", "pdptrs")
+
+    def __init__(self, name: str):
+        self.name = name
+        self.root = KVM_MMU_ROOT_INFO_INVALID
+        self.prev_roots = [KVM_MMU_ROOT_INFO_INVALID] * KVM_MMU_NUM_PREV_ROOTS
+        self.cpu_role: Optional[KvmCpuRole] = None
+        self.root_role: Optional[KvmMmuPageRole] = None
+        self.root_level = 0       # the guest's paging levels (mmu->root_level up to v5.18)
+        self.pdptrs = (0, 0, 0, 0)
+
+    def slots(self):
+        """(label, root info) for current and each previous root."""
+        yield "current", self.root
+        for i, r in enumerate(self.prev_roots):
+            yield f"prev{i}", r
+
+
+class KvmVcpu:
+    """struct kvm_vcpu with the parts of struct kvm_vcpu_arch the model needs."""
+
+    def __init__(self, kvm, vcpu_id: int):
+        self.kvm = kvm
+        self.ops = kvm.ops
+        self.vcpu_id = vcpu_id
+        self.cr0 = 0
+        self.cr3 = 0
+        self.cr4 = 0
+        self.efer = 0
+        self.smm = False            # hflags & HF_SMM_MASK
+        self.guest_mode = False     # is_guest_mode(): always false outside nested-tdp
+        self.features = ALL_FEATURES
+        self.root_mmu = KvmMmu("root_mmu")
+        self.guest_mmu = KvmMmu("guest_mmu")
+        self.mmu = self.root_mmu
+        self.walk_mmu = self.root_mmu
+        self.requests: dict = {}
+        self.smram = None           # the state saved by enter_smm()
+        self.smi_pending = False
+        self.init_latched = False   # an INIT received while in SMM
+
+    def pcid(self, cr3: int) -> int:
+        """kvm_get_pcid(): the PCID of a CR3 value, 0 while CR4.PCIDE=0."""
+        return cr3 & X86_CR3_PCID_MASK if self.cr4 & X86_CR4.PCIDE else 0
+
+    def active_pcid(self) -> int:
+        """kvm_get_active_pcid()."""
+        return self.pcid(self.cr3)
+
+    def regs(self) -> dict:
+        return {"cr0": self.cr0, "cr3": self.cr3, "cr4": self.cr4, "efer": self.efer,
+                "smm": self.smm}
+
+
+class StepLog:
+    """What happened during one step: the raw material of a step outcome."""
+
+    def __init__(self):
+        self.requests: dict = {}
+        self.freed: list = []
+        self.destroyed: list = []
+        self.flushes: list = []
+        self.root_source = "same"
+        self.resets = 0
+        self.allocated = 0
+        self.cache_hits = 0
+        self.hash_hits = 0
+        self.start_slots: dict = {}
+
+    def raised(self, req):
+        self.requests[req] = None
+
+
+class Kvm:
+    """struct kvm with struct kvm_arch: the VM-wide root pools and the vCPUs.
+
+    ``mmu_page_hash`` is the shadow-page hash keyed by (gfn, role word);
+    ``tdp_mmu_roots`` is the TDP MMU's root list.  ``ops`` is the era's table
+    of mirrored kernel functions; ``trace`` records calls when tracing is on.
+    """
+
+    def __init__(self, era, mode: str, vendor: str, trace=None):
+        self.era = era
+        self.mode = mode
+        self.vendor = vendor
+        self.tdp_enabled = mode != "shadow"
+        self.tdp_mmu_enabled = mode == "tdp"
+        self.mmu_page_hash: dict = {}
+        self.tdp_mmu_roots: list = []
+        self.trace = trace
+        self.ops = era.build_ops(trace, vendor)
+        self.vcpus: list[KvmVcpu] = []
+        self.next_id = 1
+        self.step = StepLog()
+
+    def alloc_id(self) -> int:
+        i = self.next_id
+        self.next_id += 1
+        return i
+
+    def add_vcpu(self) -> KvmVcpu:
+        vcpu = KvmVcpu(self, len(self.vcpus))
+        self.vcpus.append(vcpu)
+        return vcpu
+
+    def live_roots(self) -> list:
+        """Every root page still present in the VM, in id order."""
+        pages = [sp for sp in self.mmu_page_hash.values() if not sp.destroyed]
+        pages += [sp for sp in self.tdp_mmu_roots if not sp.destroyed]
+        return sorted(set(pages), key=lambda sp: sp.id)

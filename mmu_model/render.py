@@ -1,0 +1,93 @@
+"""Text renderings of outcomes: the step table, the function graph, the era list."""
+from __future__ import annotations
+
+from .registers import bit_names
+from .trace import function_graph
+
+
+def _bits(reg: str, mask: int) -> str:
+    return ",".join(bit_names(reg, mask))
+
+
+def event_label(ev: dict) -> str:
+    """A short, readable form of a normalised event."""
+    op = ev["op"]
+    if op in ("mov_cr0", "mov_cr4", "wrmsr_efer"):
+        reg = {"mov_cr0": "cr0", "mov_cr4": "cr4", "wrmsr_efer": "efer"}[op]
+        parts = []
+        if "value" in ev:
+            parts.append(hex(ev["value"]))
+        if ev.get("set"):
+            parts.append("+" + _bits(reg, ev["set"]))
+        if ev.get("clear"):
+            parts.append("-" + _bits(reg, ev["clear"]))
+        if ev.get("host"):
+            parts.append("(host)")
+        return f"{op} {' '.join(parts)}"
+    if op == "mov_cr3":
+        return f"mov_cr3 {ev['value']:#x}"
+    if op == "invlpg":
+        return f"invlpg {ev['addr']:#x}"
+    if op == "invpcid":
+        return f"invpcid type={ev['type']} pcid={ev['pcid']}" + (f" addr={ev['addr']:#x}" if ev["type"] == 0 else "")
+    if op == "set_sregs":
+        return "set_sregs " + " ".join(f"{k}={ev[k]:#x}" for k in ("cr0", "cr3", "cr4", "efer") if k in ev)
+    return op
+
+
+def _root(r) -> str:
+    if r is None:
+        return "-"
+    return f"#{r['id']}" + ("(pae)" if r.get("kind") == "special" else "")
+
+
+def _short_req(name: str) -> str:
+    return name.replace("KVM_REQ_", "")
+
+
+def step_table(doc: dict, events: list[dict]) -> str:
+    """The outcome document as a table, one row per step, parameters echoed first."""
+    head = [f"scenario: {doc['scenario']}   era: {doc['era']}   mode: {doc['mode']}   "
+            f"vendor: {doc['vendor']}   vcpus: {doc['vcpus']}"]
+    if doc.get("inferred"):
+        head.append(f"note: {doc['inferred']}")
+    cols = ("#", "cpu", "event", "exit", "fault", "current", "source", "prev_roots", "freed",
+            "requests", "flushes")
+    rows = []
+    for s, ev in zip(doc["steps"], events):
+        rows.append((
+            str(s["index"]), str(s["vcpu"]), event_label(ev),
+            "yes" if s["intercepted"] else "no",
+            s["fault"] or "-",
+            _root(s["root"]), s["root_source"],
+            " ".join(_root(p) for p in s["prev_roots"]),
+            " ".join(f"#{f['id']}" for f in s["freed"]) or "-",
+            " ".join(_short_req(r) for r in s["requests"]) or "-",
+            " ".join(s["tlb_flushes"]) or "-",
+        ))
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = head + ["", fmt.format(*cols).rstrip(), fmt.format(*("-" * w for w in widths)).rstrip()]
+    lines += [fmt.format(*r).rstrip() for r in rows]
+    notes = [f"  step {s['index']}: {s['reason']}" for s in doc["steps"] if s.get("reason")]
+    if notes:
+        lines += ["", "notes:"] + notes
+    t = doc["totals"]
+    lines += ["", "totals: " + "  ".join(f"{k}={v}" for k, v in t.items())]
+    return "\n".join(lines)
+
+
+def step_graph(step: dict) -> str:
+    """One step's kernel calls in ftrace function_graph form."""
+    return function_graph(list(zip(step["call_depth"], step["calls"])))
+
+
+def eras_table(eras) -> str:
+    lines = []
+    for e in eras:
+        kind = f" (variant of {e.parent})" if e.parent else ""
+        inferred = " [partly inferred]" if e.inferred else ""
+        lines.append(f"{e.name:<10} {e.kernel:<16} {e.summary}{kind}{inferred}")
+        if e.sources:
+            lines.append(f"{'':<10} {'':<16} defined by: {'; '.join(e.sources)}")
+    return "\n".join(lines)

@@ -1,0 +1,193 @@
+"""Running scenarios: one guest action (or ioctl) plus the next VM entry per step.
+
+:class:`Simulation` owns a VM built for an era, mode and vendor, brings every
+vCPU to its start registers with a root loaded, and turns each event into a
+step outcome (:mod:`mmu_model.outcome`).  This is the model's harness, not a
+kernel thing, so its names are ordinary words.
+"""
+from __future__ import annotations
+
+from .eras import DEFAULT_ERA, Era, get_era
+from .kvm import Kvm, StepLog
+from .outcome import step_outcome, totals
+from .registers import EFER, X86_CR3_PCID_NOFLUSH, X86_CR4, X86_FEATURE
+from .requests import KVM_REQ, kvm_make_request
+from .scenario import Scenario, ScenarioError
+from .trace import Trace
+from . import vendor, x86
+from .mmu import is_noncanonical_address
+
+
+class Simulation:
+    """A VM under one era/mode/vendor, stepped one event at a time."""
+
+    def __init__(self, era: Era | str = DEFAULT_ERA, mode: str = "shadow", vendor: str = "vmx",
+                 vcpus: int = 1, start: dict | None = None, trace: bool = True):
+        self.era = get_era(era) if isinstance(era, str) else era
+        self.mode = mode
+        self.vendor = vendor
+        self.trace = Trace() if trace else None
+        self.kvm = Kvm(self.era, mode, vendor, self.trace)
+        self.outcomes: list[dict] = []
+        start = start or {"cr0": 0x60000010, "cr3": 0, "cr4": 0, "efer": 0}
+        for _ in range(vcpus):
+            self._bring_up(self.kvm.add_vcpu(), start)
+        self.kvm.step = StepLog()
+        if self.trace is not None:
+            self.trace.calls.clear()
+
+    def _bring_up(self, vcpu, start):
+        """Userspace sets the start registers, then the vCPU's first VM entry
+        loads a root.  Not a step: it leaves no outcome."""
+        err = x86.kvm_is_valid_sregs(vcpu, start)
+        if err:
+            raise ScenarioError("start", f"not a valid starting state: {err}")
+        vcpu.cr0, vcpu.cr3, vcpu.cr4, vcpu.efer = (start["cr0"], start["cr3"], start["cr4"],
+                                                  start["efer"])
+        if x86.is_pae_paging(vcpu):
+            vcpu.ops.load_pdptrs(vcpu, vcpu.cr3)
+        vcpu.ops.kvm_init_mmu(vcpu)
+        vcpu.requests.clear()
+        vcpu.ops.vcpu_enter_guest(vcpu)
+
+    # ------------------------------------------------------------------
+    def step(self, ev: dict) -> dict:
+        """Apply one normalised event (see scenario.parse_event); return its outcome."""
+        kvm = self.kvm
+        vcpu = kvm.vcpus[ev.get("vcpu", 0)]
+        kvm.step = log = StepLog()
+        log.start_slots = {id(r.hpa): label for label, r in vcpu.mmu.slots() if r.hpa is not None}
+        mark = self.trace.mark() if self.trace is not None else 0
+        fault, reason, intercepted = HANDLERS[ev["op"]](vcpu, ev)
+        if intercepted:
+            vcpu.ops.vcpu_enter_guest(vcpu)
+        calls = self.trace.since(mark) if self.trace is not None else []
+        out = step_outcome(len(self.outcomes), vcpu, ev["op"], fault, reason, intercepted,
+                           calls, log)
+        self.outcomes.append(out)
+        return out
+
+    def run(self, events) -> list[dict]:
+        return [self.step(e) for e in events]
+
+    def totals(self) -> dict:
+        return totals(self.outcomes)
+
+
+def _reg_value(current: int, ev: dict) -> int:
+    if "value" in ev:
+        return ev["value"]
+    return (current | ev.get("set", 0)) & ~ev.get("clear", 0)
+
+
+def _fault(err, kind="GP"):
+    if not err:
+        return None, None
+    if isinstance(err, tuple):
+        return err
+    return kind, err
+
+
+def on_mov_cr0(vcpu, ev):
+    new = _reg_value(vcpu.cr0, ev)
+    intercepted, why = vendor.exits(vcpu, "mov_cr0", new)
+    if not intercepted:
+        vcpu.cr0 = new
+        return None, why, False
+    return (*_fault(vcpu.ops.kvm_set_cr0(vcpu, new)), True)
+
+
+def on_mov_cr4(vcpu, ev):
+    new = _reg_value(vcpu.cr4, ev)
+    intercepted, why = vendor.exits(vcpu, "mov_cr4", new)
+    if not intercepted:
+        vcpu.cr4 = new
+        return None, why, False
+    return (*_fault(vcpu.ops.kvm_set_cr4(vcpu, new)), True)
+
+
+def on_mov_cr3(vcpu, ev):
+    value = ev["value"]
+    intercepted, why = vendor.exits(vcpu, "mov_cr3")
+    if not intercepted:
+        if vcpu.cr4 & X86_CR4.PCIDE:
+            value &= ~X86_CR3_PCID_NOFLUSH
+        if not x86.kvm_vcpu_is_legal_cr3(vcpu, value):
+            return "GP", f"CR3 value {value:#x} sets bits above MAXPHYADDR", False
+        vcpu.cr3 = value
+        return None, why, False
+    return (*_fault(vcpu.ops.kvm_set_cr3(vcpu, value)), True)
+
+
+def on_wrmsr_efer(vcpu, ev):
+    host = ev.get("host", False)
+    err = vcpu.ops.set_efer(vcpu, _reg_value(vcpu.efer, ev), host)
+    return (*_fault(err, "EINVAL" if host else "GP"), True)
+
+
+def _invpcid_checks(vcpu, ev):
+    if not vcpu.features & X86_FEATURE.INVPCID:
+        return ("UD", "the guest's CPUID lacks INVPCID")
+    return None
+
+
+def on_invpcid(vcpu, ev):
+    ud = _invpcid_checks(vcpu, ev)
+    intercepted, why = vendor.exits(vcpu, "invpcid")
+    if ud:
+        return (*ud, intercepted)
+    if not intercepted:
+        err = x86.invpcid_hw_check(vcpu, ev["type"], ev["pcid"], ev["addr"])
+        return (*_fault(err), False) if err else (None, why, False)
+    return (*_fault(vcpu.ops.kvm_handle_invpcid(vcpu, ev["type"], ev["pcid"], ev["addr"])), True)
+
+
+def on_invlpg(vcpu, ev):
+    intercepted, why = vendor.exits(vcpu, "invlpg")
+    if not intercepted:
+        return None, why, False
+    vcpu.ops.kvm_mmu_invlpg(vcpu, ev["addr"])
+    note = "non-canonical address: INVLPG is a no-op" if is_noncanonical_address(vcpu, ev["addr"]) else None
+    return None, note, True
+
+
+def on_smi(vcpu, ev):
+    vcpu.ops.kvm_inject_smi(vcpu)
+    note = "SMI latched: the vCPU is already in SMM" if vcpu.smm else None
+    return None, note, True
+
+
+def on_rsm(vcpu, ev):
+    return (*_fault(vcpu.ops.em_rsm(vcpu)), True)
+
+
+def on_set_sregs(vcpu, ev):
+    sregs = {k: ev.get(k, getattr(vcpu, k)) for k in ("cr0", "cr3", "cr4", "efer")}
+    return (*_fault(vcpu.ops.__set_sregs(vcpu, sregs), "EINVAL"), True)
+
+
+def on_init(vcpu, ev):
+    vcpu.ops.__apic_accept_irq(vcpu)
+    note = "INIT latched: it is blocked while the vCPU is in SMM" if vcpu.smm else None
+    return None, note, True
+
+
+HANDLERS = {
+    "mov_cr0": on_mov_cr0, "mov_cr4": on_mov_cr4, "mov_cr3": on_mov_cr3,
+    "wrmsr_efer": on_wrmsr_efer, "invpcid": on_invpcid, "invlpg": on_invlpg,
+    "smi": on_smi, "rsm": on_rsm, "set_sregs": on_set_sregs, "init": on_init,
+}
+
+
+def run_scenario(scenario: Scenario, era: Era | str | None = None, mode: str | None = None,
+                 vendor_name: str | None = None, trace: bool = True) -> dict:
+    """Run a parsed scenario; flags override its mode/vendor. Returns the outcome document."""
+    era_obj = get_era(era or scenario.era or DEFAULT_ERA) if not isinstance(era, Era) else era
+    sim = Simulation(era_obj, mode or scenario.mode, vendor_name or scenario.vendor,
+                     scenario.vcpus, scenario.start, trace)
+    steps = sim.run(scenario.events)
+    doc = {"contract": 1, "scenario": scenario.name, "era": era_obj.name, "mode": sim.mode,
+           "vendor": sim.vendor, "vcpus": scenario.vcpus, "steps": steps, "totals": sim.totals()}
+    if era_obj.inferred:
+        doc["inferred"] = era_obj.inferred
+    return doc

@@ -1,0 +1,143 @@
+"""What VMX and SVM do on their side: register setters, TLB flushes, and
+whether a guest action causes a VM exit at all.
+
+Mirrors: arch/x86/kvm/vmx/vmx.c, arch/x86/kvm/svm/svm.c (the kvm_x86_ops
+callbacks set_cr0, set_cr4, set_efer, flush_tlb_current, flush_tlb_guest,
+flush_tlb_gva, flush_tlb_all).
+"""
+from __future__ import annotations
+
+from .registers import EFER, X86_CR0, X86_CR4
+
+
+def set_cr0(vcpu, cr0):
+    """Vendor CR0 write: enter or leave long mode when PG flips with EFER.LME.
+
+    Mirrors: vmx.c: vmx_set_cr0() / svm.c: svm_set_cr0() (enter_lmode, exit_lmode)
+    """
+    old_pg = vcpu.cr0 & X86_CR0.PG
+    if vcpu.efer & EFER.LME:
+        if not old_pg and cr0 & X86_CR0.PG:
+            vcpu.efer |= EFER.LMA
+        elif old_pg and not cr0 & X86_CR0.PG:
+            vcpu.efer &= ~EFER.LMA
+    vcpu.cr0 = int(cr0)
+
+
+def set_cr4(vcpu, cr4):
+    """Mirrors: vmx.c: vmx_set_cr4() / svm.c: svm_set_cr4()."""
+    vcpu.cr4 = int(cr4)
+
+
+def set_efer_vendor(vcpu, efer):
+    """Mirrors: vmx.c: vmx_set_efer() / svm.c: svm_set_efer()."""
+    vcpu.efer = int(efer)
+
+
+def flush_tlb_current(vcpu):
+    """Flush the current root's translations: INVEPT of the current EPTP (VMX
+    with EPT), the current VPID (VMX without EPT), or the ASID (SVM).
+
+    Mirrors: vmx.c: vmx_flush_tlb_current() / svm.c: svm_flush_tlb_current()
+    """
+    vcpu.kvm.step.flushes.append("current")
+
+
+def flush_tlb_guest(vcpu):
+    """Flush the guest's linear translations: INVVPID of the VPID / the ASID.
+
+    Mirrors: vmx.c: vmx_flush_tlb_guest() / svm.c: svm_flush_tlb_asid()
+    """
+    vcpu.kvm.step.flushes.append("guest")
+
+
+def flush_tlb_all(vcpu):
+    """Mirrors: vmx.c: vmx_flush_tlb_all() / svm.c: svm_flush_tlb_all()."""
+    vcpu.kvm.step.flushes.append("all")
+
+
+def flush_tlb_gva(vcpu, addr):
+    """Mirrors: vmx.c: vmx_flush_tlb_gva() / svm.c: svm_flush_tlb_gva()."""
+    vcpu.kvm.step.flushes.append("gva")
+
+
+VENDOR_NAMES = {
+    "vmx": {"set_cr0": "vmx_set_cr0", "set_cr4": "vmx_set_cr4", "set_efer_vendor": "vmx_set_efer",
+            "flush_tlb_current": "vmx_flush_tlb_current", "flush_tlb_guest": "vmx_flush_tlb_guest",
+            "flush_tlb_all": "vmx_flush_tlb_all", "flush_tlb_gva": "vmx_flush_tlb_gva"},
+    "svm": {"set_cr0": "svm_set_cr0", "set_cr4": "svm_set_cr4", "set_efer_vendor": "svm_set_efer",
+            "flush_tlb_current": "svm_flush_tlb_current", "flush_tlb_guest": "svm_flush_tlb_asid",
+            "flush_tlb_all": "svm_flush_tlb_all", "flush_tlb_gva": "svm_flush_tlb_gva"},
+}
+
+VENDOR_FUNCTIONS = {"set_cr0": set_cr0, "set_cr4": set_cr4, "set_efer_vendor": set_efer_vendor,
+                    "flush_tlb_current": flush_tlb_current, "flush_tlb_guest": flush_tlb_guest,
+                    "flush_tlb_all": flush_tlb_all, "flush_tlb_gva": flush_tlb_gva}
+
+# kvm_cache_regs.h: KVM_POSSIBLE_CR4_GUEST_BITS (without CET)
+KVM_POSSIBLE_CR4_GUEST_BITS = (X86_CR4.PVI | X86_CR4.DE | X86_CR4.PCE | X86_CR4.OSFXSR
+                               | X86_CR4.OSXMMEXCPT | X86_CR4.PGE | X86_CR4.TSD | X86_CR4.FSGSBASE)
+# vmx.c: bits VMX stops passing through without EPT
+X86_CR4_TLBFLUSH_BITS = X86_CR4.PGE | X86_CR4.PCIDE | X86_CR4.PAE | X86_CR4.SMEP
+X86_CR4_PDPTR_BITS = X86_CR4.PGE | X86_CR4.PSE | X86_CR4.PAE | X86_CR4.SMEP
+
+
+def vmx_cr0_guest_owned(vcpu) -> int:
+    """CR0 bits the guest owns on VMX: TS, plus WP with EPT from v6.4.
+
+    Mirrors: vmx.h: vmx_l1_guest_owned_cr0_bits(), kvm_cache_regs.h:
+    KVM_POSSIBLE_CR0_GUEST_BITS (fb509f76acc8)
+    """
+    owned = int(X86_CR0.TS)
+    if vcpu.kvm.tdp_enabled:
+        owned |= vcpu.kvm.era.cr0_guest_owned_with_ept
+    return owned
+
+
+def vmx_cr4_guest_owned(vcpu) -> int:
+    """CR4 bits the guest owns on VMX; without EPT the TLB-flush and PDPTR bits
+    stay with KVM.
+
+    Mirrors: vmx.c: vmx_set_constant_host_state()/set_cr4_guest_host_mask()
+    """
+    owned = int(KVM_POSSIBLE_CR4_GUEST_BITS)
+    if not vcpu.kvm.tdp_enabled:
+        owned &= ~(X86_CR4_TLBFLUSH_BITS | X86_CR4_PDPTR_BITS)
+    return owned
+
+
+def exits(vcpu, op: str, new_value: int | None = None):
+    """(intercepted, reason) for a guest action: does KVM see it at all?
+
+    ``new_value`` is the value written for mov_cr0 / mov_cr4.  Host actions
+    (SMI, INIT, ioctls, MSR writes) and RSM always reach KVM.  See README
+    "Model assumptions" for the settings assumed (unrestricted guest, VPID).
+    """
+    kvm = vcpu.kvm
+    tdp = kvm.tdp_enabled
+    if op == "mov_cr0":
+        changed = vcpu.cr0 ^ new_value
+        if kvm.vendor == "vmx":
+            if changed & ~vmx_cr0_guest_owned(vcpu) & 0xFFFFFFFF or new_value >> 32:
+                return True, None
+            return False, "VMX: the write changes only guest-owned CR0 bits, so it does not exit"
+        # SVM (svm_set_cr0): the full CR0 intercepts stay on unless the
+        # hardware CR0 equals the guest's; shadow paging forces PG|WP into it
+        # and the CD_NW_CLEARED quirk strips CD|NW.  The selective CR0 write
+        # intercept always fires when bits other than TS and MP change.
+        hcr0 = vcpu.cr0 | (0 if tdp else X86_CR0.PG | X86_CR0.WP)
+        hcr0 &= ~(X86_CR0.CD | X86_CR0.NW)
+        if hcr0 != vcpu.cr0 or changed & ~(X86_CR0.TS | X86_CR0.MP) or new_value >> 32:
+            return True, None
+        return False, "SVM: only TS/MP change, which the selective CR0 intercept ignores"
+    if op == "mov_cr4":
+        if kvm.vendor == "svm":
+            return True, None
+        if (vcpu.cr4 ^ new_value) & ~vmx_cr4_guest_owned(vcpu):
+            return True, None
+        return False, "VMX: the write changes only guest-owned CR4 bits, so it does not exit"
+    if op in ("mov_cr3", "invlpg", "invpcid"):
+        if tdp:
+            return False, f"{op}: not intercepted with {'EPT' if kvm.vendor == 'vmx' else 'NPT'}"
+        return True, None
+    return True, None
