@@ -27,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the contract-1 JSON outcome")
     run.add_argument("--trace", action="store_true",
                      help="after the table, print each step's kernel calls (function_graph)")
-    sub.add_parser("eras", help="list the eras: name, kernel range, what defines them")
+    eras = sub.add_parser("eras", help="list the eras: name, kernel range, what defines them")
+    eras.add_argument("-v", "--verbose", action="store_true", help="also list each source in full")
     return p
 
 
@@ -63,7 +64,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_eras(args) -> int:
-    print(eras_table(all_eras()))
+    print(eras_table(all_eras(), args.verbose))
     return 0
 
 

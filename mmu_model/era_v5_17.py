@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from .eras import Era, register_era
+from .eras import Era
 from .era_v6_18 import KVM_MMU_CR0_ROLE_BITS, KVM_MMU_CR4_ROLE_BITS
 from .kvm import KVM_MMU_NUM_PREV_ROOTS, KVM_MMU_ROOT_CURRENT, KVM_MMU_ROOT_PREVIOUS
 from .registers import EFER, X86_CR4
@@ -182,7 +182,7 @@ def kvm_mmu_invpcid_gva(vcpu, gva, pcid):
         vcpu.ops.flush_tlb_gva(vcpu, gva)
 
 
-V5_17 = register_era(Era(
+V5_17 = Era(
     name="v5.17",
     kernel="v5.16 .. v5.17",
     summary=("every CR0.PG/WP or CR4 role-bit change unloads all roots; the TDP root role "
@@ -224,4 +224,4 @@ V5_17 = register_era(Era(
         "cached_root_find_and_keep_current": None,
         "cached_root_find_without_current": None,
     },
-))
+)

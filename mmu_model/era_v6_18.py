@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from .eras import Era, register_era
+from .eras import Era
 from .registers import EFER, X86_CR0, X86_CR4
 from .roles import (ACC_ALL, PT32_ROOT_LEVEL, PT32E_ROOT_LEVEL, PT64_ROOT_4LEVEL,
                     PT64_ROOT_5LEVEL, TDP_ROOT_LEVEL, KvmCpuRole, RoleRegs, calc_mmu_role_ext,
@@ -73,7 +73,7 @@ def calc_roles(regs: RoleRegs, tdp: bool):
     return cpu_role, root_role, cpu_role.base.level
 
 
-V6_18 = register_era(Era(
+V6_18 = Era(
     name="v6.18",
     kernel="v6.4 .. v6.18",
     summary=("CR0.WP-only toggles keep the TDP root (VMX+EPT: no exit); TDP MMU roots "
@@ -95,4 +95,4 @@ V6_18 = register_era(Era(
     tdp_mmu_owns_roots=True,
     sregs_flush_guest=True,
     reset_flushes_on_pg=True,
-))
+)

@@ -128,4 +128,7 @@ def _load_builtin():
     global _loaded
     if not _loaded:
         _loaded = True
-        from . import era_v5_17, era_v6_18   # noqa: F401  (they register themselves)
+        from .era_v5_17 import V5_17
+        from .era_v6_18 import V6_18
+        for era in (V5_17, V6_18):      # in kernel order
+            ERAS.setdefault(era.name, era)

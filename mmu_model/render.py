@@ -82,12 +82,16 @@ def step_graph(step: dict) -> str:
     return function_graph(list(zip(step["call_depth"], step["calls"])))
 
 
-def eras_table(eras) -> str:
+def eras_table(eras, verbose: bool = False) -> str:
+    """One line per era: name, kernel range, summary, defining commits."""
     lines = []
     for e in eras:
         kind = f" (variant of {e.parent})" if e.parent else ""
         inferred = " [partly inferred]" if e.inferred else ""
-        lines.append(f"{e.name:<10} {e.kernel:<16} {e.summary}{kind}{inferred}")
-        if e.sources:
-            lines.append(f"{'':<10} {'':<16} defined by: {'; '.join(e.sources)}")
+        ids = ", ".join(s.split()[0] for s in e.sources)
+        lines.append(f"{e.name:<8} {e.kernel:<15} {e.summary}{kind}{inferred}. Defined by: {ids}")
+        if verbose:
+            lines += [f"{'':<25}{s}" for s in e.sources]
+            if e.inferred:
+                lines.append(f"{'':<25}inferred: {e.inferred}")
     return "\n".join(lines)
