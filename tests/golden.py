@@ -1,0 +1,58 @@
+"""Golden traces: the `run --trace` text of canonical scenarios, committed.
+
+Regenerate only when a change in behaviour is understood and intended, and
+say in the commit why each file changed:
+
+    .venv/bin/python tests/golden.py --write
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mmu_model import load_scenario, run_scenario          # noqa: E402
+from mmu_model.render import step_graph, step_table         # noqa: E402
+
+GOLDEN = ROOT / "tests" / "golden"
+ERAS = ("v5.17", "v6.18")
+MODES = ("shadow", "tdp", "tdp-legacy")
+# SVM differs from VMX only in what exits; these scenarios show it.
+SVM_SCENARIOS = ("cr0-wp-toggle", "cr4-pge-toggle", "invpcid", "boot-to-long-mode")
+
+
+def cases():
+    for path in sorted((ROOT / "scenarios").glob("*.json")):
+        sc = load_scenario(path)
+        modes = (sc.mode,) if sc.vcpus > 1 else MODES
+        for era in ERAS:
+            for mode in modes:
+                yield sc, era, mode, "vmx"
+                if path.stem in SVM_SCENARIOS:
+                    yield sc, era, mode, "svm"
+
+
+def render(sc, era, mode, vendor) -> str:
+    doc = run_scenario(sc, era, mode, vendor)
+    parts = [step_table(doc, sc.events)]
+    for s in doc["steps"]:
+        parts.append(f"\n--- step {s['index']} ({s['op']}) ---\n" + (step_graph(s) or "(no VM exit)"))
+    return "\n".join(parts) + "\n"
+
+
+def path_for(sc, era, mode, vendor) -> Path:
+    return GOLDEN / sc.name / f"{era}-{mode}-{vendor}.txt"
+
+
+if __name__ == "__main__":
+    if "--write" not in sys.argv:
+        sys.exit("usage: tests/golden.py --write   (rewrites every golden file)")
+    n = 0
+    for case in cases():
+        p = path_for(*case)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(render(*case))
+        n += 1
+    print(f"wrote {n} golden files under {GOLDEN}")
