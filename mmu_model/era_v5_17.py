@@ -1,12 +1,17 @@
 """Era v5.17: before Paolo Bonzini's February 2022 series (v5.16/v5.17).
 
 What differs from the core (v6.18) shape: one ``mmu_role`` that mixes the
-guest's mode into the TDP root role (guest CR0.WP and EFER.NX select a
+guest's mode into the TDP root role (guest CR0.WP and EFER_NX select a
 different TDP root), the fast PGD switch only for 64-bit guest and host
 paging and looked up *before* the MMU is re-initialised, no TLB-flush
 requests in the CR0/CR4 paths (the reset is a superset), CR4.PCIDE changes
-unloading through KVM_REQ_MMU_RELOAD, EFER.NX alone as an EFER role bit,
+unloading through KVM_REQ_MMU_RELOAD, EFER_NX alone as an EFER role bit,
 TDP MMU roots destroyed with their last vCPU reference.
+
+A quirk the model reproduces (read in the v5.17 source): kvm_mmu_new_pgd()
+looks roots up with a role computed "base only", whose smep/smap_andnot_wp
+bits are always 0.  A shadow-paged guest running with CR4.SMEP (or SMAP) and
+CR0.WP=0 therefore never hits the prev_roots cache on MOV CR3.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from functools import lru_cache
 from .eras import Era
 from .era_v6_18 import KVM_MMU_CR0_ROLE_BITS, KVM_MMU_CR4_ROLE_BITS
 from .kvm import KVM_MMU_NUM_PREV_ROOTS, KVM_MMU_ROOT_CURRENT, KVM_MMU_ROOT_PREVIOUS
-from .registers import EFER, X86_CR4
+from .registers import (EFER, EFER_NX, X86_CR4_LA57, X86_CR4_PCIDE, X86_CR4_PGE, X86_CR4_SMAP, X86_CR4_SMEP)
 from .requests import KVM_REQ, kvm_make_request
 from .roles import (ACC_ALL, PT32E_ROOT_LEVEL, PT64_ROOT_4LEVEL, PT64_ROOT_5LEVEL,
                     TDP_ROOT_LEVEL, KvmCpuRole, RoleRegs, calc_mmu_role_ext,
@@ -31,7 +36,7 @@ def _role_common(regs: RoleRegs) -> dict:
     """kvm_calc_mmu_role_common(): access, and WP/NX only while paging."""
     role = dict(access=ACC_ALL, smm=int(regs.smm), guest_mode=regs.guest_mode)
     if is_cr0_pg(regs):
-        role.update(efer_nx=bool(regs.efer & EFER.NX), cr0_wp=is_cr0_wp(regs))
+        role.update(efer_nx=bool(regs.efer & EFER_NX), cr0_wp=is_cr0_wp(regs))
     return role
 
 
@@ -44,20 +49,26 @@ def kvm_calc_tdp_mmu_root_page_role(regs: RoleRegs):
                        direct=True, has_4_byte_gpte=False)
 
 
-def kvm_calc_shadow_mmu_root_page_role(regs: RoleRegs):
+def kvm_calc_shadow_mmu_root_page_role(regs: RoleRegs, base_only: bool = False):
     """The shadow root role: PAE-sized below long mode, direct with paging off.
 
+    ``smep_andnot_wp``/``smap_andnot_wp`` are derived from the *extended*
+    role, which is only filled in while paging and never when ``base_only``
+    is set: so they are 0 with CR0.PG=0, and 0 in the role that
+    kvm_mmu_new_pgd() looks roots up with.
     Mirrors: arch/x86/kvm/mmu/mmu.c: kvm_calc_shadow_mmu_root_page_role(),
     kvm_calc_shadow_root_page_role_common() (v5.17)
     """
     wp = is_cr0_wp(regs)
+    ext_smep = is_cr0_pg(regs) and not base_only and bool(regs.cr4 & X86_CR4_SMEP)
+    ext_smap = is_cr0_pg(regs) and not base_only and bool(regs.cr4 & X86_CR4_SMAP)
     if not is_efer_lma(regs):
         level = PT32E_ROOT_LEVEL
     else:
-        level = PT64_ROOT_5LEVEL if regs.cr4 & X86_CR4.LA57 else PT64_ROOT_4LEVEL
+        level = PT64_ROOT_5LEVEL if regs.cr4 & X86_CR4_LA57 else PT64_ROOT_4LEVEL
     return intern_role(**_role_common(regs),
-                       smep_andnot_wp=bool(regs.cr4 & X86_CR4.SMEP) and not wp,
-                       smap_andnot_wp=bool(regs.cr4 & X86_CR4.SMAP) and not wp,
+                       smep_andnot_wp=ext_smep and not wp,
+                       smap_andnot_wp=ext_smap and not wp,
                        has_4_byte_gpte=is_cr0_pg(regs) and not is_cr4_pae(regs),
                        direct=not is_cr0_pg(regs), level=level)
 
@@ -91,18 +102,23 @@ def kvm_post_set_cr4(vcpu, old_cr4, cr4):
     changed = cr4 ^ old_cr4
     if changed & KVM_MMU_CR4_ROLE_BITS:
         vcpu.ops.kvm_mmu_reset_context(vcpu)
-    elif changed & X86_CR4.PCIDE:
+    elif changed & X86_CR4_PCIDE:
         kvm_make_request(KVM_REQ.MMU_RELOAD, vcpu)
-    elif changed & X86_CR4.PGE:
+    elif changed & X86_CR4_PGE:
         kvm_make_request(KVM_REQ.TLB_FLUSH_GUEST, vcpu)
 
 
 def kvm_mmu_calc_root_page_role(vcpu):
-    """The root role for the current registers, computed afresh.
+    """The root role for the current registers, computed afresh with
+    ``base_only``: under shadow paging its smep/smap_andnot_wp bits are always
+    0, so with CR4.SMEP or SMAP set and CR0.WP=0 no cached root ever matches.
 
     Mirrors: arch/x86/kvm/mmu/mmu.c: kvm_mmu_calc_root_page_role() (v5.17)
     """
-    return calc_roles(role_regs(vcpu), vcpu.kvm.tdp_enabled)[1]
+    regs = role_regs(vcpu)
+    if vcpu.kvm.tdp_enabled:
+        return kvm_calc_tdp_mmu_root_page_role(regs)
+    return kvm_calc_shadow_mmu_root_page_role(regs, base_only=True)
 
 
 def kvm_mmu_new_pgd(vcpu, new_pgd):
@@ -197,7 +213,7 @@ V5_17 = Era(
     cpu_role_name="mmu_role",
     cr0_role_bits=KVM_MMU_CR0_ROLE_BITS,
     cr4_role_bits=KVM_MMU_CR4_ROLE_BITS,
-    efer_role_bits=int(EFER.NX),
+    efer_role_bits=int(EFER_NX),
     cr0_guest_owned_with_ept=0,
     has_mmu_reload=True,
     tdp_mmu_owns_roots=False,
@@ -223,5 +239,9 @@ V5_17 = Era(
         "kvm_mmu_free_obsolete_roots": None,
         "cached_root_find_and_keep_current": None,
         "cached_root_find_without_current": None,
+        # v5.17's SVM used one function for every kind of flush.
+        "svm:flush_tlb_current": "svm_flush_tlb",
+        "svm:flush_tlb_guest": "svm_flush_tlb",
+        "svm:flush_tlb_all": "svm_flush_tlb",
     },
 )

@@ -8,16 +8,16 @@ from __future__ import annotations
 from functools import lru_cache
 
 from .eras import Era
-from .registers import EFER, X86_CR0, X86_CR4
+from .registers import (EFER_LME, EFER_NX, X86_CR0_PG, X86_CR0_WP, X86_CR4_LA57, X86_CR4_PAE, X86_CR4_PKE, X86_CR4_PSE, X86_CR4_SMAP, X86_CR4_SMEP)
 from .roles import (ACC_ALL, PT32_ROOT_LEVEL, PT32E_ROOT_LEVEL, PT64_ROOT_4LEVEL,
                     PT64_ROOT_5LEVEL, TDP_ROOT_LEVEL, KvmCpuRole, RoleRegs, calc_mmu_role_ext,
                     intern_role, is_cr0_pg, is_cr0_wp, is_cr4_pae, is_efer_lma)
 
 # mmu.h, unchanged from v5.18 to v6.18
-KVM_MMU_CR0_ROLE_BITS = int(X86_CR0.PG | X86_CR0.WP)
-KVM_MMU_CR4_ROLE_BITS = int(X86_CR4.PSE | X86_CR4.PAE | X86_CR4.LA57 | X86_CR4.SMEP
-                            | X86_CR4.SMAP | X86_CR4.PKE)
-KVM_MMU_EFER_ROLE_BITS = int(EFER.LME | EFER.NX)
+KVM_MMU_CR0_ROLE_BITS = int(X86_CR0_PG | X86_CR0_WP)
+KVM_MMU_CR4_ROLE_BITS = int(X86_CR4_PSE | X86_CR4_PAE | X86_CR4_LA57 | X86_CR4_SMEP
+                            | X86_CR4_SMAP | X86_CR4_PKE)
+KVM_MMU_EFER_ROLE_BITS = int(EFER_LME | EFER_NX)
 
 PAGE_ROLE_FIELDS_V6 = ("level", "has_4_byte_gpte", "quadrant", "direct", "access", "invalid",
                        "efer_nx", "cr0_wp", "smep_andnot_wp", "smap_andnot_wp", "ad_disabled",
@@ -35,13 +35,13 @@ def kvm_calc_cpu_role(regs: RoleRegs) -> KvmCpuRole:
         return KvmCpuRole(base, calc_mmu_role_ext(regs, with_pg_pae=False))
     wp = is_cr0_wp(regs)
     if is_efer_lma(regs):
-        level = PT64_ROOT_5LEVEL if regs.cr4 & X86_CR4.LA57 else PT64_ROOT_4LEVEL
+        level = PT64_ROOT_5LEVEL if regs.cr4 & X86_CR4_LA57 else PT64_ROOT_4LEVEL
     else:
         level = PT32E_ROOT_LEVEL if is_cr4_pae(regs) else PT32_ROOT_LEVEL
     base = intern_role(access=ACC_ALL, smm=int(regs.smm), guest_mode=regs.guest_mode,
-                       efer_nx=bool(regs.efer & EFER.NX), cr0_wp=wp,
-                       smep_andnot_wp=bool(regs.cr4 & X86_CR4.SMEP) and not wp,
-                       smap_andnot_wp=bool(regs.cr4 & X86_CR4.SMAP) and not wp,
+                       efer_nx=bool(regs.efer & EFER_NX), cr0_wp=wp,
+                       smep_andnot_wp=bool(regs.cr4 & X86_CR4_SMEP) and not wp,
+                       smap_andnot_wp=bool(regs.cr4 & X86_CR4_SMAP) and not wp,
                        has_4_byte_gpte=not is_cr4_pae(regs), level=level)
     return KvmCpuRole(base, calc_mmu_role_ext(regs, with_pg_pae=False))
 
@@ -90,7 +90,7 @@ V6_18 = Era(
     cr0_role_bits=KVM_MMU_CR0_ROLE_BITS,
     cr4_role_bits=KVM_MMU_CR4_ROLE_BITS,
     efer_role_bits=KVM_MMU_EFER_ROLE_BITS,
-    cr0_guest_owned_with_ept=int(X86_CR0.WP),
+    cr0_guest_owned_with_ept=int(X86_CR0_WP),
     has_mmu_reload=False,
     tdp_mmu_owns_roots=True,
     sregs_flush_guest=True,

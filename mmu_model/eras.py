@@ -64,9 +64,11 @@ class Era:
     inferred: Optional[str] = None    # what the reference marks as inferred
     parent: Optional[str] = None      # for variants: the era they start from
     overrides: dict = field(default_factory=dict)   # core name -> replacement function
-    names: dict = field(default_factory=dict)       # core name -> this kernel's name (None: inlined)
+    names: dict = field(default_factory=dict)       # [vendor:]core name -> this kernel's name (None: inlined)
 
     def kernel_name(self, core_name: str, vendor_name: str = "vmx") -> Optional[str]:
+        if f"{vendor_name}:{core_name}" in self.names:
+            return self.names[f"{vendor_name}:{core_name}"]
         if core_name in self.names:
             return self.names[core_name]
         return vendor.VENDOR_NAMES[vendor_name].get(core_name, core_name)

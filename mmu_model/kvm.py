@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
-from .registers import ALL_FEATURES, X86_CR3_PCID_MASK, X86_CR4
+from .registers import (ALL_FEATURES, X86_CR3_PCID_MASK, X86_CR4_PCIDE)
 from .roles import KvmCpuRole, KvmMmuPageRole
 
 KVM_MMU_NUM_PREV_ROOTS = 3
@@ -134,7 +134,7 @@ class KvmVcpu:
 
     def pcid(self, cr3: int) -> int:
         """kvm_get_pcid(): the PCID of a CR3 value, 0 while CR4.PCIDE=0."""
-        return cr3 & X86_CR3_PCID_MASK if self.cr4 & X86_CR4.PCIDE else 0
+        return cr3 & X86_CR3_PCID_MASK if self.cr4 & X86_CR4_PCIDE else 0
 
     def active_pcid(self) -> int:
         """kvm_get_active_pcid()."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 from .kvm import (KVM_MMU_NUM_PREV_ROOTS, KVM_MMU_ROOT_CURRENT, KVM_MMU_ROOT_INFO_INVALID,
                   KVM_MMU_ROOT_PREVIOUS, KVM_MMU_ROOTS_ALL, KvmMmuPage, KvmMmuRootInfo,
                   KvmPaeRoot, root_to_sp)
-from .registers import PAGE_SHIFT, X86_CR4
+from .registers import (PAGE_SHIFT, X86_CR4_LA57)
 from .requests import KVM_REQ, kvm_check_request, kvm_make_request
 from .roles import PT32_ROOT_LEVEL, PT32E_ROOT_LEVEL, PT64_ROOT_4LEVEL, role_regs
 
@@ -392,7 +392,7 @@ def kvm_mmu_free_obsolete_roots(vcpu):
 
 def is_noncanonical_address(vcpu, gva) -> bool:
     """Whether ``gva`` is not canonical for the vCPU's linear-address width."""
-    bits = 57 if vcpu.cr4 & X86_CR4.LA57 else 48
+    bits = 57 if vcpu.cr4 & X86_CR4_LA57 else 48
     top = gva >> (bits - 1)
     return top not in (0, (1 << (64 - bits + 1)) - 1)
 

@@ -68,6 +68,14 @@ class X86_FEATURE(enum.Flag):
     LA57 = enum.auto()
 
 
+# The kernel's macro names as plain ints (X86_CR0_PG, X86_CR4_PCIDE, EFER_NX, ...).
+# The model's hot paths test bits with these: IntFlag arithmetic is slow in
+# CPython, and these read exactly like the kernel source.
+for _flags, _prefix in ((X86_CR0, "X86_CR0_"), (X86_CR4, "X86_CR4_"), (EFER, "EFER_")):
+    for _bit in _flags:
+        globals()[_prefix + _bit.name] = int(_bit)
+
+
 ALL_FEATURES = (X86_FEATURE.PCID | X86_FEATURE.INVPCID | X86_FEATURE.SMEP
                 | X86_FEATURE.SMAP | X86_FEATURE.PKU | X86_FEATURE.LA57)
 
@@ -83,31 +91,26 @@ PAGE_MASK = ~((1 << PAGE_SHIFT) - 1)
 GUEST_MAXPHYADDR = 46
 
 # CR0 bits that the architecture reserves (bits 63:32 are checked separately).
-CR0_KNOWN = 0
-for _b in X86_CR0:
-    CR0_KNOWN |= _b
-CR4_KNOWN = 0
-for _b in X86_CR4:
-    CR4_KNOWN |= _b
-EFER_KNOWN = 0
-for _b in EFER:
-    EFER_KNOWN |= _b
+CR0_KNOWN = sum(int(b) for b in X86_CR0)
+CR4_KNOWN = sum(int(b) for b in X86_CR4)
+EFER_KNOWN = sum(int(b) for b in EFER)
 
 # kvm_host.h: CR4 bits that CPUID features must allow, and bits this model
 # never lets a guest set (no VMX/SMX exposed to the guest).
-CR4_FEATURE_GATES = {
+CR4_FEATURE_GATES = {      # checked only when one of these bits is set
     X86_CR4.PCIDE: X86_FEATURE.PCID,
     X86_CR4.SMEP: X86_FEATURE.SMEP,
     X86_CR4.SMAP: X86_FEATURE.SMAP,
     X86_CR4.PKE: X86_FEATURE.PKU,
     X86_CR4.LA57: X86_FEATURE.LA57,
 }
-CR4_NEVER = X86_CR4.VMXE | X86_CR4.SMXE
+CR4_GATED = int(X86_CR4.PCIDE | X86_CR4.SMEP | X86_CR4.SMAP | X86_CR4.PKE | X86_CR4.LA57)
+CR4_NEVER = int(X86_CR4.VMXE | X86_CR4.SMXE)
 
 # x86.h: X86_CR4_PDPTR_BITS, the CR4 bits whose change reloads PAE PDPTRs.
-X86_CR4_PDPTR_BITS = X86_CR4.PGE | X86_CR4.PSE | X86_CR4.PAE | X86_CR4.SMEP
+X86_CR4_PDPTR_BITS = int(X86_CR4.PGE | X86_CR4.PSE | X86_CR4.PAE | X86_CR4.SMEP)
 # x86.c: X86_CR0_PDPTR_BITS
-X86_CR0_PDPTR_BITS = X86_CR0.CD | X86_CR0.NW | X86_CR0.PG
+X86_CR0_PDPTR_BITS = int(X86_CR0.CD | X86_CR0.NW | X86_CR0.PG)
 
 
 REGISTER_FLAGS = {"cr0": X86_CR0, "cr4": X86_CR4, "efer": EFER}

@@ -21,6 +21,9 @@ class KVM_REQ(enum.Enum):
     EVENT = "KVM_REQ_EVENT"
     MMU_UPDATE_ROOT = "KVM_REQ_MMU_UPDATE_ROOT"            # proposed, never merged
 
+    # Members are singletons: hash them by identity (Enum's own hash is slow).
+    __hash__ = object.__hash__
+
 
 def kvm_make_request(req: KVM_REQ, vcpu) -> None:
     """Set a request bit for ``vcpu``; it is serviced by vcpu_enter_guest().

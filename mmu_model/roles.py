@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
 
-from .registers import EFER, X86_CR0, X86_CR4
+from .registers import (EFER_LMA, EFER_NX, X86_CR0_PG, X86_CR0_WP, X86_CR4_LA57, X86_CR4_PAE, X86_CR4_PKE, X86_CR4_PSE, X86_CR4_SMAP, X86_CR4_SMEP)
 
 # mmu.h levels
 PT32_ROOT_LEVEL = 2
@@ -123,39 +123,40 @@ class RoleRegs(NamedTuple):
 
 def role_regs(vcpu) -> RoleRegs:
     """vcpu_to_role_regs(): the register bits the role formulas read."""
-    return RoleRegs(vcpu.cr0 & (X86_CR0.PG | X86_CR0.WP),
-                    vcpu.cr4 & (X86_CR4.PSE | X86_CR4.PAE | X86_CR4.LA57 | X86_CR4.SMEP
-                                | X86_CR4.SMAP | X86_CR4.PKE),
-                    vcpu.efer & (EFER.NX | EFER.LMA), vcpu.smm, vcpu.guest_mode)
+    return RoleRegs(vcpu.cr0 & (X86_CR0_PG | X86_CR0_WP),
+                    vcpu.cr4 & (X86_CR4_PSE | X86_CR4_PAE | X86_CR4_LA57 | X86_CR4_SMEP
+                                | X86_CR4_SMAP | X86_CR4_PKE),
+                    vcpu.efer & (EFER_NX | EFER_LMA), vcpu.smm, vcpu.guest_mode)
 
 
 def role_as_dict(role: KvmMmuPageRole, fields) -> dict:
     """The role's fields by kernel name, in kernel order, restricted to ``fields``."""
-    out = {}
-    for name, _shift, width in PAGE_ROLE_LAYOUT:
-        if name in fields:
-            v = getattr(role, name)
-            out[name] = bool(v) if width == 1 else int(v)
-    return out
+    return dict(_role_items(role, tuple(fields)))
+
+
+@lru_cache(maxsize=None)
+def _role_items(role: KvmMmuPageRole, fields: tuple) -> tuple:
+    return tuple((name, bool(getattr(role, name)) if width == 1 else int(getattr(role, name)))
+                 for name, _shift, width in PAGE_ROLE_LAYOUT if name in fields)
 
 
 # ---------------------------------------------------------------------------
 # Small predicates on RoleRegs, named after the kernel's ____is_* helpers.
 
 def is_cr0_pg(r: RoleRegs) -> bool:
-    return bool(r.cr0 & X86_CR0.PG)
+    return bool(r.cr0 & X86_CR0_PG)
 
 
 def is_cr0_wp(r: RoleRegs) -> bool:
-    return bool(r.cr0 & X86_CR0.WP)
+    return bool(r.cr0 & X86_CR0_WP)
 
 
 def is_cr4_pae(r: RoleRegs) -> bool:
-    return bool(r.cr4 & X86_CR4.PAE)
+    return bool(r.cr4 & X86_CR4_PAE)
 
 
 def is_efer_lma(r: RoleRegs) -> bool:
-    return bool(r.efer & EFER.LMA)
+    return bool(r.efer & EFER_LMA)
 
 
 def guest_paging_level(r: RoleRegs) -> int:
@@ -163,7 +164,7 @@ def guest_paging_level(r: RoleRegs) -> int:
     if not is_cr0_pg(r):
         return 0
     if is_efer_lma(r):
-        return PT64_ROOT_5LEVEL if r.cr4 & X86_CR4.LA57 else PT64_ROOT_4LEVEL
+        return PT64_ROOT_5LEVEL if r.cr4 & X86_CR4_LA57 else PT64_ROOT_4LEVEL
     return PT32E_ROOT_LEVEL if is_cr4_pae(r) else PT32_ROOT_LEVEL
 
 
@@ -177,9 +178,9 @@ def calc_mmu_role_ext(r: RoleRegs, with_pg_pae: bool) -> KvmMmuExtendedRole:
         return _ext(valid=True)
     lma = is_efer_lma(r)
     return _ext(valid=True, cr0_pg=with_pg_pae, cr4_pae=with_pg_pae and is_cr4_pae(r),
-                cr4_pse=bool(r.cr4 & X86_CR4.PSE), cr4_pke=lma and bool(r.cr4 & X86_CR4.PKE),
-                cr4_smap=bool(r.cr4 & X86_CR4.SMAP), cr4_smep=bool(r.cr4 & X86_CR4.SMEP),
-                cr4_la57=lma and bool(r.cr4 & X86_CR4.LA57), efer_lma=lma)
+                cr4_pse=bool(r.cr4 & X86_CR4_PSE), cr4_pke=lma and bool(r.cr4 & X86_CR4_PKE),
+                cr4_smap=bool(r.cr4 & X86_CR4_SMAP), cr4_smep=bool(r.cr4 & X86_CR4_SMEP),
+                cr4_la57=lma and bool(r.cr4 & X86_CR4_LA57), efer_lma=lma)
 
 
 @lru_cache(maxsize=None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from .eras import DEFAULT_ERA, Era, get_era
 from .kvm import Kvm, StepLog
 from .outcome import step_outcome, totals
-from .registers import EFER, X86_CR3_PCID_NOFLUSH, X86_CR4, X86_FEATURE
+from .registers import (X86_CR3_PCID_NOFLUSH, X86_CR4_PCIDE, X86_FEATURE)
 from .requests import KVM_REQ, kvm_make_request
 from .scenario import Scenario, ScenarioError
 from .trace import Trace
@@ -56,7 +56,13 @@ class Simulation:
         kvm = self.kvm
         vcpu = kvm.vcpus[ev.get("vcpu", 0)]
         kvm.step = log = StepLog()
-        log.start_slots = {id(r.hpa): label for label, r in vcpu.mmu.slots() if r.hpa is not None}
+        mmu = vcpu.mmu
+        starts = log.start_slots
+        if mmu.root.hpa is not None:
+            starts[id(mmu.root.hpa)] = "current"
+        for i, r in enumerate(mmu.prev_roots):
+            if r.hpa is not None:
+                starts.setdefault(id(r.hpa), f"prev{i}")
         mark = self.trace.mark() if self.trace is not None else 0
         fault, reason, intercepted = HANDLERS[ev["op"]](vcpu, ev)
         if intercepted:
@@ -110,7 +116,7 @@ def on_mov_cr3(vcpu, ev):
     value = ev["value"]
     intercepted, why = vendor.exits(vcpu, "mov_cr3")
     if not intercepted:
-        if vcpu.cr4 & X86_CR4.PCIDE:
+        if vcpu.cr4 & X86_CR4_PCIDE:
             value &= ~X86_CR3_PCID_NOFLUSH
         if not x86.kvm_vcpu_is_legal_cr3(vcpu, value):
             return "GP", f"CR3 value {value:#x} sets bits above MAXPHYADDR", False

@@ -5,7 +5,7 @@ state-save area is modelled as the four paging registers that RSM restores.
 """
 from __future__ import annotations
 
-from .registers import EFER, X86_CR0, X86_CR4
+from .registers import (EFER, EFER_LMA, X86_CR0_EM, X86_CR0_PE, X86_CR0_PG, X86_CR0_TS, X86_CR4_PAE, X86_CR4_PCIDE)
 from .requests import KVM_REQ, kvm_make_request
 
 
@@ -47,7 +47,7 @@ def enter_smm(vcpu):
     ops = vcpu.ops
     vcpu.smram = (vcpu.cr0, vcpu.cr3, vcpu.cr4, vcpu.efer)
     ops.kvm_smm_changed(vcpu, True)
-    ops.set_cr0(vcpu, vcpu.cr0 & ~(X86_CR0.PE | X86_CR0.EM | X86_CR0.TS | X86_CR0.PG))
+    ops.set_cr0(vcpu, vcpu.cr0 & ~(X86_CR0_PE | X86_CR0_EM | X86_CR0_TS | X86_CR0_PG))
     ops.set_cr4(vcpu, 0)
     ops.set_efer_vendor(vcpu, 0)
     ops.kvm_mmu_reset_context(vcpu)
@@ -74,14 +74,14 @@ def emulator_leave_smm(vcpu):
     ops = vcpu.ops
     ops.kvm_smm_changed(vcpu, False)
     cr4 = vcpu.cr4
-    if cr4 & X86_CR4.PCIDE:
-        ops.kvm_set_cr4(vcpu, cr4 & ~X86_CR4.PCIDE)
+    if cr4 & X86_CR4_PCIDE:
+        ops.kvm_set_cr4(vcpu, cr4 & ~X86_CR4_PCIDE)
     cr0 = vcpu.cr0
-    if cr0 & X86_CR0.PE:
-        ops.kvm_set_cr0(vcpu, cr0 & ~(X86_CR0.PG | X86_CR0.PE))
+    if cr0 & X86_CR0_PE:
+        ops.kvm_set_cr0(vcpu, cr0 & ~(X86_CR0_PG | X86_CR0_PE))
     cr4 = vcpu.cr4
-    if cr4 & X86_CR4.PAE:
-        ops.kvm_set_cr4(vcpu, cr4 & ~X86_CR4.PAE)
+    if cr4 & X86_CR4_PAE:
+        ops.kvm_set_cr4(vcpu, cr4 & ~X86_CR4_PAE)
     ops.set_efer(vcpu, 0)
     ops.rsm_load_state_64(vcpu)
 
@@ -93,7 +93,7 @@ def rsm_load_state_64(vcpu):
     """
     cr0, cr3, cr4, efer = vcpu.smram
     vcpu.smram = None
-    vcpu.ops.set_efer(vcpu, efer & ~EFER.LMA)
+    vcpu.ops.set_efer(vcpu, efer & ~EFER_LMA)
     vcpu.ops.rsm_enter_protected_mode(vcpu, cr0, cr3, cr4)
 
 
@@ -104,13 +104,13 @@ def rsm_enter_protected_mode(vcpu, cr0, cr3, cr4):
     """
     ops = vcpu.ops
     pcid = 0
-    if cr4 & X86_CR4.PCIDE:
+    if cr4 & X86_CR4_PCIDE:
         pcid = cr3 & 0xFFF
         cr3 &= ~0xFFF
     ops.kvm_set_cr3(vcpu, cr3)
-    ops.kvm_set_cr4(vcpu, cr4 & ~X86_CR4.PCIDE)
+    ops.kvm_set_cr4(vcpu, cr4 & ~X86_CR4_PCIDE)
     ops.kvm_set_cr0(vcpu, cr0)
-    if cr4 & X86_CR4.PCIDE:
+    if cr4 & X86_CR4_PCIDE:
         ops.kvm_set_cr4(vcpu, cr4)
         if pcid:
             ops.kvm_set_cr3(vcpu, cr3 | pcid)

@@ -7,7 +7,7 @@ flush_tlb_gva, flush_tlb_all).
 """
 from __future__ import annotations
 
-from .registers import EFER, X86_CR0, X86_CR4
+from .registers import (EFER_LMA, EFER_LME, X86_CR0_CD, X86_CR0_MP, X86_CR0_NW, X86_CR0_PG, X86_CR0_TS, X86_CR0_WP, X86_CR4_DE, X86_CR4_FSGSBASE, X86_CR4_OSFXSR, X86_CR4_OSXMMEXCPT, X86_CR4_PAE, X86_CR4_PCE, X86_CR4_PCIDE, X86_CR4_PGE, X86_CR4_PSE, X86_CR4_PVI, X86_CR4_SMEP, X86_CR4_TSD)
 
 
 def set_cr0(vcpu, cr0):
@@ -15,12 +15,12 @@ def set_cr0(vcpu, cr0):
 
     Mirrors: vmx.c: vmx_set_cr0() / svm.c: svm_set_cr0() (enter_lmode, exit_lmode)
     """
-    old_pg = vcpu.cr0 & X86_CR0.PG
-    if vcpu.efer & EFER.LME:
-        if not old_pg and cr0 & X86_CR0.PG:
-            vcpu.efer |= EFER.LMA
-        elif old_pg and not cr0 & X86_CR0.PG:
-            vcpu.efer &= ~EFER.LMA
+    old_pg = vcpu.cr0 & X86_CR0_PG
+    if vcpu.efer & EFER_LME:
+        if not old_pg and cr0 & X86_CR0_PG:
+            vcpu.efer |= EFER_LMA
+        elif old_pg and not cr0 & X86_CR0_PG:
+            vcpu.efer &= ~EFER_LMA
     vcpu.cr0 = int(cr0)
 
 
@@ -75,11 +75,11 @@ VENDOR_FUNCTIONS = {"set_cr0": set_cr0, "set_cr4": set_cr4, "set_efer_vendor": s
                     "flush_tlb_all": flush_tlb_all, "flush_tlb_gva": flush_tlb_gva}
 
 # kvm_cache_regs.h: KVM_POSSIBLE_CR4_GUEST_BITS (without CET)
-KVM_POSSIBLE_CR4_GUEST_BITS = (X86_CR4.PVI | X86_CR4.DE | X86_CR4.PCE | X86_CR4.OSFXSR
-                               | X86_CR4.OSXMMEXCPT | X86_CR4.PGE | X86_CR4.TSD | X86_CR4.FSGSBASE)
+KVM_POSSIBLE_CR4_GUEST_BITS = (X86_CR4_PVI | X86_CR4_DE | X86_CR4_PCE | X86_CR4_OSFXSR
+                               | X86_CR4_OSXMMEXCPT | X86_CR4_PGE | X86_CR4_TSD | X86_CR4_FSGSBASE)
 # vmx.c: bits VMX stops passing through without EPT
-X86_CR4_TLBFLUSH_BITS = X86_CR4.PGE | X86_CR4.PCIDE | X86_CR4.PAE | X86_CR4.SMEP
-X86_CR4_PDPTR_BITS = X86_CR4.PGE | X86_CR4.PSE | X86_CR4.PAE | X86_CR4.SMEP
+X86_CR4_TLBFLUSH_BITS = X86_CR4_PGE | X86_CR4_PCIDE | X86_CR4_PAE | X86_CR4_SMEP
+X86_CR4_PDPTR_BITS = X86_CR4_PGE | X86_CR4_PSE | X86_CR4_PAE | X86_CR4_SMEP
 
 
 def vmx_cr0_guest_owned(vcpu) -> int:
@@ -88,7 +88,7 @@ def vmx_cr0_guest_owned(vcpu) -> int:
     Mirrors: vmx.h: vmx_l1_guest_owned_cr0_bits(), kvm_cache_regs.h:
     KVM_POSSIBLE_CR0_GUEST_BITS (fb509f76acc8)
     """
-    owned = int(X86_CR0.TS)
+    owned = int(X86_CR0_TS)
     if vcpu.kvm.tdp_enabled:
         owned |= vcpu.kvm.era.cr0_guest_owned_with_ept
     return owned
@@ -125,9 +125,9 @@ def exits(vcpu, op: str, new_value: int | None = None):
         # hardware CR0 equals the guest's; shadow paging forces PG|WP into it
         # and the CD_NW_CLEARED quirk strips CD|NW.  The selective CR0 write
         # intercept always fires when bits other than TS and MP change.
-        hcr0 = vcpu.cr0 | (0 if tdp else X86_CR0.PG | X86_CR0.WP)
-        hcr0 &= ~(X86_CR0.CD | X86_CR0.NW)
-        if hcr0 != vcpu.cr0 or changed & ~(X86_CR0.TS | X86_CR0.MP) or new_value >> 32:
+        hcr0 = vcpu.cr0 | (0 if tdp else X86_CR0_PG | X86_CR0_WP)
+        hcr0 &= ~(X86_CR0_CD | X86_CR0_NW)
+        if hcr0 != vcpu.cr0 or changed & ~(X86_CR0_TS | X86_CR0_MP) or new_value >> 32:
             return True, None
         return False, "SVM: only TS/MP change, which the selective CR0 intercept ignores"
     if op == "mov_cr4":

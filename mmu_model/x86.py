@@ -9,10 +9,7 @@ except what the kernel itself does first (load_pdptrs()).
 from __future__ import annotations
 
 from .kvm import KVM_MMU_ROOT_CURRENT, KVM_MMU_ROOT_PREVIOUS, KVM_MMU_NUM_PREV_ROOTS
-from .registers import (CR0_KNOWN, CR4_FEATURE_GATES, CR4_KNOWN, CR4_NEVER, EFER,
-                        EFER_KNOWN, GUEST_MAXPHYADDR, PAGE_SHIFT, X86_CR0,
-                        X86_CR0_PDPTR_BITS, X86_CR3_PCID_MASK, X86_CR3_PCID_NOFLUSH, X86_CR4,
-                        X86_CR4_PDPTR_BITS, X86_FEATURE)
+from .registers import (CR0_KNOWN, CR4_FEATURE_GATES, CR4_GATED, CR4_KNOWN, CR4_NEVER, EFER, EFER_KNOWN, EFER_LMA, EFER_LME, GUEST_MAXPHYADDR, PAGE_SHIFT, X86_CR0_CD, X86_CR0_ET, X86_CR0_NW, X86_CR0_PDPTR_BITS, X86_CR0_PE, X86_CR0_PG, X86_CR0_WP, X86_CR3_PCID_MASK, X86_CR3_PCID_NOFLUSH, X86_CR4_LA57, X86_CR4_PAE, X86_CR4_PCIDE, X86_CR4_PDPTR_BITS, X86_CR4_PGE, X86_CR4_SMEP, X86_FEATURE)
 from .requests import KVM_REQ, kvm_check_request, kvm_clear_request, kvm_make_request
 
 
@@ -20,15 +17,15 @@ from .requests import KVM_REQ, kvm_check_request, kvm_clear_request, kvm_make_re
 # Mode predicates (arch/x86/kvm/x86.h, kvm_cache_regs.h)
 
 def is_paging(vcpu) -> bool:
-    return bool(vcpu.cr0 & X86_CR0.PG)
+    return bool(vcpu.cr0 & X86_CR0_PG)
 
 
 def is_long_mode(vcpu) -> bool:
-    return bool(vcpu.efer & EFER.LMA)
+    return bool(vcpu.efer & EFER_LMA)
 
 
 def is_pae(vcpu) -> bool:
-    return bool(vcpu.cr4 & X86_CR4.PAE)
+    return bool(vcpu.cr4 & X86_CR4_PAE)
 
 
 def is_pae_paging(vcpu) -> bool:
@@ -51,9 +48,9 @@ def kvm_is_valid_cr0(vcpu, cr0):
     """
     if cr0 >> 32:
         return "CR0 bits 63:32 are reserved"
-    if cr0 & X86_CR0.NW and not cr0 & X86_CR0.CD:
+    if cr0 & X86_CR0_NW and not cr0 & X86_CR0_CD:
         return "CR0.NW=1 requires CR0.CD=1"
-    if cr0 & X86_CR0.PG and not cr0 & X86_CR0.PE:
+    if cr0 & X86_CR0_PG and not cr0 & X86_CR0_PE:
         return "CR0.PG=1 requires CR0.PE=1"
     return 0
 
@@ -65,6 +62,8 @@ def kvm_is_valid_cr4(vcpu, cr4):
     """
     if cr4 & ~CR4_KNOWN or cr4 & CR4_NEVER:
         return f"CR4 value {cr4:#x} sets a reserved bit"
+    if not cr4 & CR4_GATED:
+        return 0
     for bit, feature in CR4_FEATURE_GATES.items():
         if cr4 & bit and not vcpu.features & feature:
             return f"CR4.{bit.name} needs CPUID.{feature.name}, which the guest lacks"
@@ -110,15 +109,15 @@ def kvm_set_cr0(vcpu, cr0):
     err = kvm_is_valid_cr0(vcpu, cr0)
     if err:
         return err
-    cr0 |= X86_CR0.ET
+    cr0 |= X86_CR0_ET
     cr0 &= CR0_KNOWN                # writes to reserved bits are ignored
-    if vcpu.efer & EFER.LME and not is_paging(vcpu) and cr0 & X86_CR0.PG:
+    if vcpu.efer & EFER_LME and not is_paging(vcpu) and cr0 & X86_CR0_PG:
         if not is_pae(vcpu):
             return "enabling paging with EFER.LME=1 requires CR4.PAE=1"
-    if (not vcpu.efer & EFER.LME and cr0 & X86_CR0.PG and is_pae(vcpu)
+    if (not vcpu.efer & EFER_LME and cr0 & X86_CR0_PG and is_pae(vcpu)
             and (cr0 ^ old_cr0) & X86_CR0_PDPTR_BITS and not ops.load_pdptrs(vcpu, vcpu.cr3)):
         return "the PAE PDPTEs are invalid"
-    if not cr0 & X86_CR0.PG and (is_64_bit_mode(vcpu) or vcpu.cr4 & X86_CR4.PCIDE):
+    if not cr0 & X86_CR0_PG and (is_64_bit_mode(vcpu) or vcpu.cr4 & X86_CR4_PCIDE):
         return "CR0.PG cannot be cleared while CR4.PCIDE=1"
     ops.set_cr0(vcpu, cr0)
     ops.kvm_post_set_cr0(vcpu, old_cr0, cr0)
@@ -132,13 +131,13 @@ def kvm_post_set_cr0(vcpu, old_cr0, cr0):
     Mirrors: arch/x86/kvm/x86.c: kvm_post_set_cr0() (v6.4+: 01b31714bd90,
     e40bcf9f3a18; v5.18+: b5f61c035d49)
     """
-    if (cr0 ^ old_cr0) == X86_CR0.WP:
-        if not cr0 & X86_CR0.PG:
+    if (cr0 ^ old_cr0) == X86_CR0_WP:
+        if not cr0 & X86_CR0_PG:
             return
         if vcpu.kvm.tdp_enabled:
             vcpu.ops.kvm_init_mmu(vcpu)
             return
-    if (cr0 ^ old_cr0) & X86_CR0.PG and not cr0 & X86_CR0.PG:
+    if (cr0 ^ old_cr0) & X86_CR0_PG and not cr0 & X86_CR0_PG:
         kvm_make_request(KVM_REQ.TLB_FLUSH_GUEST, vcpu)
     if (cr0 ^ old_cr0) & vcpu.kvm.era.cr0_role_bits:
         vcpu.ops.kvm_mmu_reset_context(vcpu)
@@ -158,14 +157,14 @@ def kvm_set_cr4(vcpu, cr4):
     if err:
         return err
     if is_long_mode(vcpu):
-        if not cr4 & X86_CR4.PAE:
+        if not cr4 & X86_CR4_PAE:
             return "CR4.PAE cannot be cleared in long mode"
-        if (cr4 ^ old_cr4) & X86_CR4.LA57:
+        if (cr4 ^ old_cr4) & X86_CR4_LA57:
             return "CR4.LA57 cannot change in long mode"
-    elif (is_paging(vcpu) and cr4 & X86_CR4.PAE and (cr4 ^ old_cr4) & X86_CR4_PDPTR_BITS
+    elif (is_paging(vcpu) and cr4 & X86_CR4_PAE and (cr4 ^ old_cr4) & X86_CR4_PDPTR_BITS
           and not ops.load_pdptrs(vcpu, vcpu.cr3)):
         return "the PAE PDPTEs are invalid"
-    if cr4 & X86_CR4.PCIDE and not old_cr4 & X86_CR4.PCIDE:
+    if cr4 & X86_CR4_PCIDE and not old_cr4 & X86_CR4_PCIDE:
         if vcpu.cr3 & X86_CR3_PCID_MASK or not is_long_mode(vcpu):
             return "CR4.PCIDE=1 requires long mode and CR3[11:0]=0"
     ops.set_cr4(vcpu, cr4)
@@ -184,11 +183,11 @@ def kvm_post_set_cr4(vcpu, old_cr4, cr4):
     changed = cr4 ^ old_cr4
     if changed & vcpu.kvm.era.cr4_role_bits:
         vcpu.ops.kvm_mmu_reset_context(vcpu)
-    if not vcpu.kvm.tdp_enabled and cr4 & X86_CR4.PCIDE and not old_cr4 & X86_CR4.PCIDE:
+    if not vcpu.kvm.tdp_enabled and cr4 & X86_CR4_PCIDE and not old_cr4 & X86_CR4_PCIDE:
         vcpu.ops.kvm_mmu_unload(vcpu)
-    if changed & X86_CR4.PGE or (not cr4 & X86_CR4.PCIDE and old_cr4 & X86_CR4.PCIDE):
+    if changed & X86_CR4_PGE or (not cr4 & X86_CR4_PCIDE and old_cr4 & X86_CR4_PCIDE):
         kvm_make_request(KVM_REQ.TLB_FLUSH_GUEST, vcpu)
-    elif changed & X86_CR4.PAE or (cr4 & X86_CR4.SMEP and not old_cr4 & X86_CR4.SMEP):
+    elif changed & X86_CR4_PAE or (cr4 & X86_CR4_SMEP and not old_cr4 & X86_CR4_SMEP):
         kvm_make_request(KVM_REQ.TLB_FLUSH_CURRENT, vcpu)
 
 
@@ -204,7 +203,7 @@ def kvm_set_cr3(vcpu, cr3):
     ops = vcpu.ops
     skip_tlb_flush = False
     pcid = 0
-    if vcpu.cr4 & X86_CR4.PCIDE:
+    if vcpu.cr4 & X86_CR4_PCIDE:
         skip_tlb_flush = bool(cr3 & X86_CR3_PCID_NOFLUSH)
         cr3 &= ~X86_CR3_PCID_NOFLUSH
         pcid = cr3 & X86_CR3_PCID_MASK
@@ -233,7 +232,7 @@ def kvm_invalidate_pcid(vcpu, pcid):
     if vcpu.active_pcid() == pcid:
         kvm_make_request(KVM_REQ.MMU_SYNC, vcpu)
         kvm_make_request(KVM_REQ.TLB_FLUSH_CURRENT, vcpu)
-    if not vcpu.cr4 & X86_CR4.PCIDE:
+    if not vcpu.cr4 & X86_CR4_PCIDE:
         return
     mmu = vcpu.mmu
     roots_to_free = 0
@@ -251,7 +250,7 @@ def invpcid_hw_check(vcpu, type, pcid, gla):
     from .mmu import is_noncanonical_address
     if pcid >> 12:
         return ("GP", "the INVPCID descriptor's PCID is above 0xfff")
-    pcid_enabled = bool(vcpu.cr4 & X86_CR4.PCIDE)
+    pcid_enabled = bool(vcpu.cr4 & X86_CR4_PCIDE)
     if type in (0, 1) and not pcid_enabled and pcid:
         return ("GP", f"INVPCID type {type} needs PCID 0 while CR4.PCIDE=0")
     if type == 0 and is_noncanonical_address(vcpu, gla):
@@ -292,9 +291,9 @@ def set_efer(vcpu, efer, host_initiated=False):
     old_efer = vcpu.efer
     if efer & ~EFER_KNOWN:
         return f"EFER value {efer:#x} sets a reserved bit"
-    if not host_initiated and is_paging(vcpu) and (old_efer ^ efer) & EFER.LME:
+    if not host_initiated and is_paging(vcpu) and (old_efer ^ efer) & EFER_LME:
         return "EFER.LME cannot change while paging is on"
-    efer = (efer & ~EFER.LMA) | (old_efer & EFER.LMA)
+    efer = (efer & ~EFER_LMA) | (old_efer & EFER_LMA)
     vcpu.ops.set_efer_vendor(vcpu, efer)
     if (efer ^ old_efer) & vcpu.kvm.era.efer_role_bits:
         vcpu.ops.kvm_mmu_reset_context(vcpu)
@@ -309,12 +308,12 @@ def kvm_is_valid_sregs(vcpu, sregs):
 
     Mirrors: arch/x86/kvm/x86.c: kvm_is_valid_sregs()
     """
-    if sregs["efer"] & EFER.LME and sregs["cr0"] & X86_CR0.PG:
-        if not sregs["cr4"] & X86_CR4.PAE or not sregs["efer"] & EFER.LMA:
+    if sregs["efer"] & EFER_LME and sregs["cr0"] & X86_CR0_PG:
+        if not sregs["cr4"] & X86_CR4_PAE or not sregs["efer"] & EFER_LMA:
             return "EFER.LME with CR0.PG needs CR4.PAE and EFER.LMA"
         if not kvm_vcpu_is_legal_cr3(vcpu, sregs["cr3"]):
             return f"CR3 value {sregs['cr3']:#x} sets bits above MAXPHYADDR"
-    elif sregs["efer"] & EFER.LMA:
+    elif sregs["efer"] & EFER_LMA:
         return "EFER.LMA=1 outside long mode"
     if sregs["efer"] & ~EFER_KNOWN:
         return f"EFER value {sregs['efer']:#x} sets a reserved bit"
@@ -358,13 +357,13 @@ def kvm_vcpu_reset(vcpu, init_event):
     ops = vcpu.ops
     old_cr0 = vcpu.cr0
     vcpu.smi_pending = False
-    cr0 = X86_CR0.ET | (old_cr0 & (X86_CR0.NW | X86_CR0.CD) if init_event
-                        else X86_CR0.NW | X86_CR0.CD)
+    cr0 = X86_CR0_ET | (old_cr0 & (X86_CR0_NW | X86_CR0_CD) if init_event
+                        else X86_CR0_NW | X86_CR0_CD)
     ops.set_cr0(vcpu, cr0)
     ops.set_cr4(vcpu, 0)
     ops.set_efer_vendor(vcpu, 0)
     vcpu.cr3 = 0
-    if old_cr0 & X86_CR0.PG:
+    if old_cr0 & X86_CR0_PG:
         if vcpu.kvm.era.reset_flushes_on_pg:
             kvm_make_request(KVM_REQ.TLB_FLUSH_GUEST, vcpu)
         ops.kvm_mmu_reset_context(vcpu)
