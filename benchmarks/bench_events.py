@@ -52,10 +52,10 @@ def workload(n: int, vcpus: int, seed: int = 1) -> list[dict]:
     return events
 
 
-def measure(era, mode, events, vcpus, trace):
+def measure(era, mode, events, vcpus, trace, record=True):
     p = PRESETS["long-mode-pcid"]
     start = {"cr0": p.cr0, "cr3": p.cr3, "cr4": p.cr4, "efer": p.efer}
-    sim = Simulation(era, mode, "vmx", vcpus, start, trace=trace)
+    sim = Simulation(era, mode, "vmx", vcpus, start, trace=trace, record=record)
     gc.collect()
     t0 = time.perf_counter()
     for ev in events:
@@ -73,6 +73,10 @@ def main(argv=None):
     print(f"events: {args.events} count")
     print(f"vcpus: {args.vcpus} count")
     for mode in ("shadow", "tdp"):
+        # The kernel logic alone (totals only), then with every step's outcome
+        # recorded as the CLI and notebooks do, without and with the trace.
+        rate, _ = measure(args.era, mode, events, args.vcpus, False, record=False)
+        print(f"{args.era}_{mode}_model_only_rate: {rate:,.0f} events/s")
         for trace in (False, True):
             rate, sim = measure(args.era, mode, events, args.vcpus, trace)
             tag = "on" if trace else "off"

@@ -24,6 +24,9 @@ def KVM_MMU_ROOT_PREVIOUS(i: int) -> int:
     return 1 << (1 + i)
 
 
+PREV_ROOT_FLAGS = tuple(KVM_MMU_ROOT_PREVIOUS(i) for i in range(KVM_MMU_NUM_PREV_ROOTS))
+
+
 KVM_MMU_ROOTS_ALL = (1 << (1 + KVM_MMU_NUM_PREV_ROOTS)) - 1
 
 
@@ -158,7 +161,16 @@ class StepLog:
         self.allocated = 0
         self.cache_hits = 0
         self.hash_hits = 0
-        self.start_slots: dict = {}
+        self.start_root = None      # the stepping vCPU's slots when the step began,
+        self.start_prev = ()        # to name where a freed root used to be
+
+    def slot_at_start(self, hpa, default: str) -> str:
+        if hpa is self.start_root:
+            return "current"
+        for i, p in enumerate(self.start_prev):
+            if p is hpa:
+                return f"prev{i}"
+        return default
 
     def raised(self, req):
         self.requests[req] = None

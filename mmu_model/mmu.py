@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from .kvm import (KVM_MMU_NUM_PREV_ROOTS, KVM_MMU_ROOT_CURRENT, KVM_MMU_ROOT_INFO_INVALID,
                   KVM_MMU_ROOT_PREVIOUS, KVM_MMU_ROOTS_ALL, KvmMmuPage, KvmMmuRootInfo,
-                  KvmPaeRoot, root_to_sp)
+                  KvmPaeRoot, PREV_ROOT_FLAGS, root_to_sp)
 from .registers import (PAGE_SHIFT, X86_CR4_LA57)
 from .requests import KVM_REQ, kvm_check_request, kvm_make_request
 from .roles import PT32_ROOT_LEVEL, PT32E_ROOT_LEVEL, PT64_ROOT_4LEVEL, role_regs
@@ -24,8 +24,7 @@ from .roles import PT32_ROOT_LEVEL, PT32E_ROOT_LEVEL, PT64_ROOT_4LEVEL, role_reg
 
 def _record_freed(kvm, mmu, slot_label, hpa, pgd):
     step = kvm.step
-    label = step.start_slots.get(id(hpa), slot_label)
-    step.freed.append({"id": hpa.id, "slot": label, "pgd": pgd})
+    step.freed.append({"id": hpa.id, "slot": step.slot_at_start(hpa, slot_label), "pgd": pgd})
 
 
 def mmu_free_root_page(kvm, sp):
@@ -51,16 +50,17 @@ def kvm_mmu_free_roots(kvm, mmu, roots_to_free):
     """
     free_active_root = roots_to_free & KVM_MMU_ROOT_CURRENT
     # Before taking mmu_lock, see whether there is any real work.
+    prev_roots = mmu.prev_roots
     if not (free_active_root and mmu.root.hpa is not None):
-        for i in range(KVM_MMU_NUM_PREV_ROOTS):
-            if roots_to_free & KVM_MMU_ROOT_PREVIOUS(i) and mmu.prev_roots[i].hpa is not None:
+        for i, flag in enumerate(PREV_ROOT_FLAGS):
+            if roots_to_free & flag and prev_roots[i].hpa is not None:
                 break
         else:
             return
     ops = kvm.ops
-    for i in range(KVM_MMU_NUM_PREV_ROOTS):
-        prev = mmu.prev_roots[i]
-        if roots_to_free & KVM_MMU_ROOT_PREVIOUS(i) and prev.hpa is not None:
+    for i, flag in enumerate(PREV_ROOT_FLAGS):
+        prev = prev_roots[i]
+        if roots_to_free & flag and prev.hpa is not None:
             _record_freed(kvm, mmu, f"prev{i}", prev.hpa, prev.pgd)
             ops.mmu_free_root_page(kvm, prev.hpa)
             mmu.prev_roots[i] = KvmMmuRootInfo(prev.pgd, None)

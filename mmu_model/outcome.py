@@ -52,20 +52,19 @@ def step_outcome(index, vcpu, op, fault, reason, intercepted, calls, log) -> dic
     }
 
 
-def totals(steps: list[dict]) -> dict:
-    """Per-run sums: exits, resets, roots allocated/freed/destroyed, cache and
-    hash hits, hardware TLB flushes."""
-    t = {"exits": 0, "resets": 0, "roots_allocated": 0, "roots_freed": 0, "roots_destroyed": 0,
-         "cache_hits": 0, "hash_hits": 0, "tlb_flushes": 0}
-    for s in steps:
-        c = s["counts"]
-        t["exits"] += s["intercepted"]
-        t["resets"] += c["resets"]
-        t["roots_allocated"] += c["allocated"]
-        t["roots_freed"] += len(s["freed"])
-        t["roots_destroyed"] += len(s["destroyed"])
-        t["cache_hits"] += c["cache_hits"]
-        t["hash_hits"] += c["hash_hits"]
-        t["tlb_flushes"] += len(s["tlb_flushes"])
-    return t
+def empty_totals() -> dict:
+    return {"exits": 0, "resets": 0, "roots_allocated": 0, "roots_freed": 0,
+            "roots_destroyed": 0, "cache_hits": 0, "hash_hits": 0, "tlb_flushes": 0}
 
+
+def add_to_totals(t: dict, log, intercepted: bool) -> None:
+    """Add one step's counts (from its StepLog) to running totals: exits, resets,
+    roots allocated/freed/destroyed, cache and hash hits, hardware TLB flushes."""
+    t["exits"] += intercepted
+    t["resets"] += log.resets
+    t["roots_allocated"] += log.allocated
+    t["roots_freed"] += len(log.freed)
+    t["roots_destroyed"] += len(log.destroyed)
+    t["cache_hits"] += log.cache_hits
+    t["hash_hits"] += log.hash_hits
+    t["tlb_flushes"] += len(log.flushes)

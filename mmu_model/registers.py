@@ -137,6 +137,10 @@ class RegisterPreset:
     efer: int
     description: str
 
+    def registers(self) -> dict:
+        """The preset as a start-state dict (cr0, cr3, cr4, efer)."""
+        return {"cr0": self.cr0, "cr3": self.cr3, "cr4": self.cr4, "efer": self.efer}
+
 
 _LM_CR0 = X86_CR0.PE | X86_CR0.MP | X86_CR0.ET | X86_CR0.NE | X86_CR0.WP | X86_CR0.AM | X86_CR0.PG
 _LM_CR4 = X86_CR4.PAE | X86_CR4.PGE | X86_CR4.OSFXSR | X86_CR4.OSXMMEXCPT

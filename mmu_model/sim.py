@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from .eras import DEFAULT_ERA, Era, get_era
 from .kvm import Kvm, StepLog
-from .outcome import step_outcome, totals
+from .outcome import add_to_totals, empty_totals, step_outcome
 from .registers import (X86_CR3_PCID_NOFLUSH, X86_CR4_PCIDE, X86_FEATURE)
 from .requests import KVM_REQ, kvm_make_request
-from .scenario import Scenario, ScenarioError
+from .scenario import Scenario, ScenarioError, parse_event, parse_start
 from .trace import Trace
 from . import vendor, x86
 from .mmu import is_noncanonical_address
@@ -22,14 +22,19 @@ class Simulation:
     """A VM under one era/mode/vendor, stepped one event at a time."""
 
     def __init__(self, era: Era | str = DEFAULT_ERA, mode: str = "shadow", vendor: str = "vmx",
-                 vcpus: int = 1, start: dict | None = None, trace: bool = True):
+                 vcpus: int = 1, start: dict | str | None = None, trace: bool = True,
+                 record: bool = True):
         self.era = get_era(era) if isinstance(era, str) else era
         self.mode = mode
         self.vendor = vendor
         self.trace = Trace() if trace else None
         self.kvm = Kvm(self.era, mode, vendor, self.trace)
+        self.record = record                # False: keep only totals (benchmarks)
         self.outcomes: list[dict] = []
-        start = start or {"cr0": 0x60000010, "cr3": 0, "cr4": 0, "efer": 0}
+        self.steps_run = 0
+        self._totals = empty_totals()
+        if start is None or isinstance(start, str):
+            start = parse_start(start or "reset")[0]
         for _ in range(vcpus):
             self._bring_up(self.kvm.add_vcpu(), start)
         self.kvm.step = StepLog()
@@ -57,27 +62,32 @@ class Simulation:
         vcpu = kvm.vcpus[ev.get("vcpu", 0)]
         kvm.step = log = StepLog()
         mmu = vcpu.mmu
-        starts = log.start_slots
-        if mmu.root.hpa is not None:
-            starts[id(mmu.root.hpa)] = "current"
-        for i, r in enumerate(mmu.prev_roots):
-            if r.hpa is not None:
-                starts.setdefault(id(r.hpa), f"prev{i}")
+        log.start_root = mmu.root.hpa
+        log.start_prev = [r.hpa for r in mmu.prev_roots]
         mark = self.trace.mark() if self.trace is not None else 0
         fault, reason, intercepted = HANDLERS[ev["op"]](vcpu, ev)
         if intercepted:
             vcpu.ops.vcpu_enter_guest(vcpu)
+        add_to_totals(self._totals, log, intercepted)
+        self.steps_run += 1
+        if not self.record:
+            return None
         calls = self.trace.since(mark) if self.trace is not None else []
-        out = step_outcome(len(self.outcomes), vcpu, ev["op"], fault, reason, intercepted,
+        out = step_outcome(self.steps_run - 1, vcpu, ev["op"], fault, reason, intercepted,
                            calls, log)
         self.outcomes.append(out)
         return out
+
+    def apply(self, event: dict) -> dict:
+        """Validate an event written as in a scenario file (bit names, hex
+        strings), then step it.  ScenarioError names what is wrong."""
+        return self.step(parse_event(event, "event", len(self.kvm.vcpus)))
 
     def run(self, events) -> list[dict]:
         return [self.step(e) for e in events]
 
     def totals(self) -> dict:
-        return totals(self.outcomes)
+        return dict(self._totals)
 
 
 def _reg_value(current: int, ev: dict) -> int:

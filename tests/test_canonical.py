@@ -1,7 +1,7 @@
 """The decision tables of the reference (§4), row by row, on library scenarios.
 
 Each test names the row it checks, as "§4.x <event>, <mode>: <expected>".
-Section numbers refer to the project's reference notes (docs/reference.md).
+Section numbers refer to the project's reference notes (docs/kernel-notes.md).
 """
 from conftest import run
 
