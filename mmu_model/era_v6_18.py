@@ -5,6 +5,7 @@ its role formulas and its record.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import lru_cache
 
 from .eras import Era
@@ -75,7 +76,7 @@ def calc_roles(regs: RoleRegs, tdp: bool):
 
 V6_18 = Era(
     name="v6.18",
-    kernel="v6.4 .. v6.18",
+    kernel="v6.6 .. v6.18",
     summary=("CR0.WP-only toggles keep the TDP root (VMX+EPT: no exit); TDP MMU roots "
              "outlive unloads; KVM_SET_SREGS flushes the guest TLB"),
     sources=("01b31714bd90 KVM: x86: Do not unload MMU roots when only toggling CR0.WP with TDP enabled",
@@ -95,4 +96,17 @@ V6_18 = Era(
     tdp_mmu_owns_roots=True,
     sregs_flush_guest=True,
     reset_flushes_on_pg=True,
+)
+
+
+V6_4 = replace(
+    V6_18,
+    name="v6.4",
+    kernel="v6.4 .. v6.5",
+    summary=("CR0.WP-only toggles with TDP just re-init (VMX+EPT: no exit); TDP MMU roots "
+             "hold a reference of their own and outlive unloads"),
+    sources=V6_18.sources[:4] + ("<20230322013731.102955-1-minipli@grsecurity.net>",),
+    page_role_fields=tuple(f for f in PAGE_ROLE_FIELDS_V6 if f != "is_mirror"),
+    sregs_flush_guest=False,
+    names={"kvm_tdp_mmu_alloc_root": "kvm_tdp_mmu_get_vcpu_root_hpa"},
 )

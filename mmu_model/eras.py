@@ -61,7 +61,9 @@ class Era:
     tdp_mmu_owns_roots: bool          # v6.4+: the TDP MMU holds its own root reference
     sregs_flush_guest: bool           # v6.6+: KVM_SET_SREGS also flushes the guest TLB
     reset_flushes_on_pg: bool         # v5.18+: INIT with CR0.PG=1 flushes before the reset
-    inferred: Optional[str] = None    # what the reference marks as inferred
+    inferred: Optional[str] = None    # what is inferred rather than read in a kernel tree
+    merged: bool = True               # False for posted-but-never-merged patches
+    entry_requests: tuple = ()        # extra (KVM_REQ, core name) serviced first at VM entry
     parent: Optional[str] = None      # for variants: the era they start from
     overrides: dict = field(default_factory=dict)   # core name -> replacement function
     names: dict = field(default_factory=dict)       # [vendor:]core name -> this kernel's name (None: inlined)
@@ -83,20 +85,29 @@ class Era:
             setattr(ops, core_name, fn)
         return ops
 
-    def derive(self, name: str, summary: str, **functions) -> "Era":
+    def derive(self, name: str, summary: str, *, kernel: Optional[str] = None,
+               sources: tuple = (), inferred: Optional[str] = None,
+               helpers: Optional[dict] = None, **functions) -> "Era":
         """A variant: this era with some mirrored functions replaced.
 
-        Keys are the core names (``kvm_post_set_cr4``, ``kvm_mmu_reset_context``…);
-        each value takes the kernel function's arguments.  Register the result
-        with :func:`register_era` to use it by name.
+        Keyword arguments are mirrored functions by their core name
+        (``kvm_post_set_cr4``, ``kvm_mmu_reset_context``, ...), each taking the
+        kernel function's arguments.  ``helpers`` adds functions of the
+        variant's own (reached as ``vcpu.ops.<name>`` and traced under that
+        name).  Register the result with :func:`register_era` to use it by
+        name, e.g. from the command line's ``--era``.
         """
         known = set(CORE_FUNCTIONS) | set(self.overrides)
         unknown = sorted(set(functions) - known)
         if unknown:
             raise ValueError(f"not a mirrored function: {', '.join(unknown)} "
-                             f"(expected one of: {', '.join(sorted(known))})")
-        return replace(self, name=name, summary=summary, parent=self.name,
-                       overrides={**self.overrides, **functions})
+                             f"(expected one of: {', '.join(sorted(known))}; "
+                             "pass new functions as helpers=)")
+        return replace(self, name=name, summary=summary, parent=self.name, merged=False,
+                       kernel=kernel or f"{self.kernel} + variant",
+                       sources=sources or self.sources,
+                       inferred=inferred if inferred is not None else self.inferred,
+                       overrides={**self.overrides, **(helpers or {}), **functions})
 
 
 ERAS: dict[str, Era] = {}
@@ -130,7 +141,11 @@ def _load_builtin():
     global _loaded
     if not _loaded:
         _loaded = True
+        from .era_v5_15 import V5_15
         from .era_v5_17 import V5_17
-        from .era_v6_18 import V6_18
-        for era in (V5_17, V6_18):      # in kernel order
+        from .era_seed import REVIEW_SKETCH, SEED_V1, SEED_V2
+        from .era_v5_18 import V5_18, V5_19
+        from .era_v6_18 import V6_4, V6_18
+        # In kernel order; the two variants from the review come last.
+        for era in (V5_15, V5_17, SEED_V1, V5_18, V5_19, V6_4, V6_18, SEED_V2, REVIEW_SKETCH):
             ERAS.setdefault(era.name, era)

@@ -161,6 +161,7 @@ class StepLog:
         self.allocated = 0
         self.cache_hits = 0
         self.hash_hits = 0
+        self.tdp_reuses = 0         # TDP MMU roots found again (shared or preserved)
         self.start_root = None      # the stepping vCPU's slots when the step began,
         self.start_prev = ()        # to name where a freed root used to be
 

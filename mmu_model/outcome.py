@@ -48,13 +48,15 @@ def step_outcome(index, vcpu, op, fault, reason, intercepted, calls, log) -> dic
         "registers": {"cr0": hex(vcpu.cr0), "cr3": hex(vcpu.cr3), "cr4": hex(vcpu.cr4),
                       "efer": hex(vcpu.efer), "smm": vcpu.smm},
         "counts": {"resets": log.resets, "allocated": log.allocated,
-                    "cache_hits": log.cache_hits, "hash_hits": log.hash_hits},
+                    "cache_hits": log.cache_hits, "hash_hits": log.hash_hits,
+                    "tdp_reuses": log.tdp_reuses},
     }
 
 
 def empty_totals() -> dict:
     return {"exits": 0, "resets": 0, "roots_allocated": 0, "roots_freed": 0,
-            "roots_destroyed": 0, "cache_hits": 0, "hash_hits": 0, "tlb_flushes": 0}
+            "roots_destroyed": 0, "cache_hits": 0, "hash_hits": 0, "tdp_reuses": 0,
+            "tlb_flushes": 0}
 
 
 def add_to_totals(t: dict, log, intercepted: bool) -> None:
@@ -67,4 +69,5 @@ def add_to_totals(t: dict, log, intercepted: bool) -> None:
     t["roots_destroyed"] += len(log.destroyed)
     t["cache_hits"] += log.cache_hits
     t["hash_hits"] += log.hash_hits
+    t["tdp_reuses"] += log.tdp_reuses
     t["tlb_flushes"] += len(log.flushes)

@@ -89,9 +89,9 @@ def eras_table(eras, verbose: bool = False) -> str:
         kind = f" (variant of {e.parent})" if e.parent else ""
         inferred = " [partly inferred]" if e.inferred else ""
         ids = ", ".join(s.split()[0] for s in e.sources)
-        lines.append(f"{e.name:<8} {e.kernel:<15} {e.summary}{kind}{inferred}. Defined by: {ids}")
+        lines.append(f"{e.name:<13} {e.kernel:<20} {e.summary}{kind}{inferred}. Defined by: {ids}")
         if verbose:
-            lines += [f"{'':<25}{s}" for s in e.sources]
+            lines += [f"{'':<35}{s}" for s in e.sources]
             if e.inferred:
-                lines.append(f"{'':<25}inferred: {e.inferred}")
+                lines.append(f"{'':<35}inferred: {e.inferred}")
     return "\n".join(lines)

@@ -136,8 +136,15 @@ def role_as_dict(role: KvmMmuPageRole, fields) -> dict:
 
 @lru_cache(maxsize=None)
 def _role_items(role: KvmMmuPageRole, fields: tuple) -> tuple:
-    return tuple((name, bool(getattr(role, name)) if width == 1 else int(getattr(role, name)))
-                 for name, _shift, width in PAGE_ROLE_LAYOUT if name in fields)
+    items = []
+    for name, _shift, width in PAGE_ROLE_LAYOUT:
+        if name == "has_4_byte_gpte" and "gpte_is_8_bytes" in fields:
+            # v5.15 and before: the same bit, named for the opposite meaning
+            items.append(("gpte_is_8_bytes", not role.has_4_byte_gpte))
+        elif name in fields:
+            v = getattr(role, name)
+            items.append((name, bool(v) if width == 1 else int(v)))
+    return tuple(items)
 
 
 # ---------------------------------------------------------------------------

@@ -56,6 +56,8 @@ class Scenario:
     start_preset: str | None = None
     events: list = field(default_factory=list)      # normalised event dicts
     era: str | None = None
+    story: str = ""                                 # presets from history: what happened
+    links: list = field(default_factory=list)       # commits, Message-IDs, URLs
 
     def to_json(self) -> dict:
         """The scenario as a contract file (values in hex)."""
@@ -65,6 +67,10 @@ class Scenario:
                "events": [event_to_json(e) for e in self.events]}
         if self.era:
             out["era"] = self.era
+        if self.story:
+            out["story"] = self.story
+        if self.links:
+            out["links"] = list(self.links)
         return out
 
 
@@ -189,7 +195,8 @@ def parse_scenario(data: Any, default_name: str = "scenario") -> Scenario:
     """Validate a decoded scenario document; raise ScenarioError naming the path."""
     if not isinstance(data, dict):
         raise ScenarioError("$", "a scenario is a JSON object")
-    _check_keys(data, ("name", "description", "mode", "vendor", "vcpus", "start", "events", "era"), "")
+    _check_keys(data, ("name", "description", "story", "links", "mode", "vendor", "vcpus", "start",
+                       "events", "era"), "")
     name = data.get("name", default_name)
     if not isinstance(name, str) or not name:
         raise ScenarioError("name", "expected a non-empty string")
@@ -205,6 +212,12 @@ def parse_scenario(data: Any, default_name: str = "scenario") -> Scenario:
     vcpus = data.get("vcpus", 1)
     if isinstance(vcpus, bool) or not isinstance(vcpus, int) or not 1 <= vcpus <= MAX_VCPUS:
         raise ScenarioError("vcpus", f"expected an integer from 1 to {MAX_VCPUS}")
+    story = data.get("story", "")
+    if not isinstance(story, str):
+        raise ScenarioError("story", "expected a string")
+    links = data.get("links", [])
+    if not isinstance(links, list) or not all(isinstance(x, str) for x in links):
+        raise ScenarioError("links", "expected a list of strings (commits, Message-IDs, URLs)")
     era = data.get("era")
     if era is not None and not isinstance(era, str):
         raise ScenarioError("era", "expected an era name")
@@ -215,7 +228,7 @@ def parse_scenario(data: Any, default_name: str = "scenario") -> Scenario:
     if len(events) > MAX_EVENTS:
         raise ScenarioError("events", f"at most {MAX_EVENTS} events")
     parsed = [parse_event(e, f"events[{i}]", vcpus) for i, e in enumerate(events)]
-    return Scenario(name, desc, mode, vendor, vcpus, start, preset, parsed, era)
+    return Scenario(name, desc, mode, vendor, vcpus, start, preset, parsed, era, story, links)
 
 
 def load_scenario(path: str | Path) -> Scenario:

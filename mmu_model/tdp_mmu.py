@@ -26,6 +26,7 @@ def kvm_tdp_mmu_alloc_root(vcpu) -> KvmMmuPage:
             only_tdp_mmu = root.tdp_mmu_ref and root.root_count == 1
             root.root_count += 1
             kvm.step.root_source = "preserved" if only_tdp_mmu else "shared"
+            kvm.step.tdp_reuses += 1
             return root
     root = KvmMmuPage(kvm.alloc_id(), 0, role, tdp_mmu_page=True)
     root.root_count = 1

@@ -452,6 +452,9 @@ def vcpu_enter_guest(vcpu):
                 ops.kvm_mmu_unload(vcpu)
             if kvm_check_request(KVM_REQ.MMU_FREE_OBSOLETE_ROOTS, vcpu):
                 ops.kvm_mmu_free_obsolete_roots(vcpu)
+            for req, name in era.entry_requests:      # requests an unmerged era adds
+                if kvm_check_request(req, vcpu):
+                    getattr(ops, name)(vcpu)
             if kvm_check_request(KVM_REQ.MMU_SYNC, vcpu):
                 ops.kvm_mmu_sync_roots(vcpu)
             if kvm_check_request(KVM_REQ.LOAD_MMU_PGD, vcpu):

@@ -17,7 +17,7 @@ from mmu_model import load_scenario, run_scenario          # noqa: E402
 from mmu_model.render import step_graph, step_table         # noqa: E402
 
 GOLDEN = ROOT / "tests" / "golden"
-ERAS = ("v5.17", "v6.18")
+ERAS = ("v5.15", "v5.17", "seed-v1", "v5.18", "v5.19", "v6.4", "v6.18", "seed-v2", "review-sketch")
 MODES = ("shadow", "tdp", "tdp-legacy")
 # SVM differs from VMX only in what exits; these scenarios show it.
 SVM_SCENARIOS = ("cr0-wp-toggle", "cr4-pge-toggle", "invpcid", "boot-to-long-mode")
@@ -46,6 +46,24 @@ def path_for(sc, era, mode, vendor) -> Path:
     return GOLDEN / sc.name / f"{era}-{mode}-{vendor}.txt"
 
 
+# Presets from history: one compare of every era and variant per preset.
+def history_cases():
+    from mmu_model import all_eras
+    for path in sorted((ROOT / "scenarios" / "history").glob("*.json")):
+        sc = load_scenario(path)
+        modes = ("shadow", "tdp", "tdp-legacy") if sc.vcpus == 1 else (sc.mode, "tdp-legacy")
+        yield sc, tuple((e.name, m, sc.vendor) for e in all_eras() for m in modes)
+
+
+def render_compare(sc, runs) -> str:
+    from mmu_model.compare import compare, compare_table
+    return compare_table(compare(sc, list(runs))) + "\n"
+
+
+def compare_path(sc) -> Path:
+    return GOLDEN / "history" / f"{sc.name}.txt"
+
+
 if __name__ == "__main__":
     if "--write" not in sys.argv:
         sys.exit("usage: tests/golden.py --write   (rewrites every golden file)")
@@ -54,5 +72,10 @@ if __name__ == "__main__":
         p = path_for(*case)
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(render(*case))
+        n += 1
+    for sc, runs in history_cases():
+        p = compare_path(sc)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(render_compare(sc, runs))
         n += 1
     print(f"wrote {n} golden files under {GOLDEN}")

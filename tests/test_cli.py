@@ -46,7 +46,8 @@ def test_run_table_echoes_parameters():
 def test_eras_lists_each_era_on_one_line():
     r = cli("eras")
     lines = r.stdout.splitlines()
-    assert [line.split()[0] for line in lines] == ["v5.17", "v6.18"]
+    assert [line.split()[0] for line in lines] == ["v5.15", "v5.17", "seed-v1", "v5.18", "v5.19",
+                                                   "v6.4", "v6.18", "seed-v2", "review-sketch"]
     assert all("Defined by:" in line for line in lines)
 
 
@@ -86,7 +87,7 @@ def test_not_json_and_missing_file(tmp_path):
 
 def test_unknown_era_names_the_flag():
     r = cli("run", "scenarios/init.json", "--era", "v9.99")
-    assert r.returncode == 2 and r.stderr.startswith("--era: unknown era 'v9.99' (expected one of: v5.17")
+    assert r.returncode == 2 and r.stderr.startswith("--era: unknown era 'v9.99' (expected one of: v5.15, v5.17")
 
 
 def test_guest_fault_is_a_result_not_an_error():

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from mmu_model import Simulation
+from mmu_model import Simulation, all_eras
 from mmu_model.invariants import check_invariants, state_snapshot
 from mmu_model.registers import PRESETS
 
@@ -29,7 +29,7 @@ def _start(name):
 
 
 class RootLifecycle(RuleBasedStateMachine):
-    @initialize(era=st.sampled_from(["v5.17", "v6.18"]),
+    @initialize(era=st.sampled_from([e.name for e in all_eras()]),
                 mode=st.sampled_from(["shadow", "tdp", "tdp-legacy"]),
                 vendor=st.sampled_from(["vmx", "svm"]),
                 vcpus=st.integers(1, 3),

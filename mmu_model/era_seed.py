@@ -1,0 +1,217 @@
+"""The seed series and the review around it: behaviours that were posted but
+never merged.
+
+* ``seed-v1`` - "KVM: MMU: do not unload MMU roots on all role changes" v1
+  (9 Feb 2022) with patch 12/12 applied: kvm_mmu_reset_context() re-inits the
+  MMU and looks the current CR3 up in the root cache instead of unloading.
+* ``seed-v2`` - v2 patches 16/18 and 18/18 (17 Feb 2022): the lookup is
+  deferred to the next VM entry through a new KVM_REQ_MMU_UPDATE_ROOT.
+* ``review-sketch`` - Sean Christopherson's counter-proposal in the review
+  (11 Feb 2022): keep kvm_mmu_reset_context() for SMM, KVM_SET_SREGS and the
+  rest; give the CR0/CR4 paths a helper that re-inits and looks up CR3; request
+  TLB flushes from the architectural rules instead of relying on the reset.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from . import mmu, x86
+from .era_v5_17 import V5_17
+from .era_v5_18 import V5_18
+from .registers import X86_CR0_PG, X86_CR4_PCIDE, X86_CR4_PGE, X86_CR4_SMEP, EFER_LME, EFER_NX
+from .requests import KVM_REQ, kvm_make_request
+
+LORE = "https://lore.kernel.org/kvm/"
+
+
+# ---------------------------------------------------------------------------
+# seed-v1
+
+def kvm_mmu_reset_context_v1(vcpu):
+    """Re-init the MMU and look the current CR3 up in the root cache; no unload.
+
+    Mirrors: v1 12/12 <20220209170020.1775368-13-pbonzini@redhat.com>:
+    kvm_mmu_reset_context() (never merged)
+    """
+    vcpu.kvm.step.resets += 1
+    vcpu.ops.kvm_init_mmu(vcpu)
+    vcpu.ops.kvm_mmu_new_pgd(vcpu, vcpu.cr3)
+
+
+def kvm_post_set_cr0_v1(vcpu, old_cr0, cr0):
+    """On a role change, unload everything first if CR0.PG went 1->0 (so a later
+    no-flush MOV CR3 cannot reuse a stale root), then reset without unloading.
+
+    Mirrors: v1 12/12: kvm_post_set_cr0() (never merged)
+    """
+    if (cr0 ^ old_cr0) & vcpu.kvm.era.cr0_role_bits:
+        if old_cr0 & X86_CR0_PG and not cr0 & X86_CR0_PG:
+            vcpu.ops.kvm_mmu_unload(vcpu)
+        vcpu.ops.kvm_mmu_reset_context(vcpu)
+
+
+def kvm_post_set_cr4_v1(vcpu, old_cr4, cr4):
+    """A role-bit change resets (and SMEP 0->1 flushes the guest TLB); otherwise a
+    PCIDE change unloads at the next entry; otherwise a PGE change flushes.
+
+    The review found that a PGE or PCIDE change in the same write as a role
+    bit is dropped, and that a CR4.PAE change loses its current-PCID flush.
+    Mirrors: v1 12/12: kvm_post_set_cr4() (never merged)
+    """
+    changed = cr4 ^ old_cr4
+    if changed & vcpu.kvm.era.cr4_role_bits:
+        vcpu.ops.kvm_mmu_reset_context(vcpu)
+        if cr4 & X86_CR4_SMEP and not old_cr4 & X86_CR4_SMEP:
+            kvm_make_request(KVM_REQ.TLB_FLUSH_GUEST, vcpu)
+    elif changed & X86_CR4_PCIDE:
+        kvm_make_request(KVM_REQ.MMU_RELOAD, vcpu)
+    elif changed & X86_CR4_PGE:
+        kvm_make_request(KVM_REQ.TLB_FLUSH_GUEST, vcpu)
+
+
+def kvm_vcpu_reset_v1(vcpu, init_event):
+    """INIT: with paging on, unload and re-init (no lookup: CR3 is 0 now).
+
+    Mirrors: v1 12/12: kvm_vcpu_reset() (never merged)
+    """
+    from .registers import X86_CR0_CD, X86_CR0_ET, X86_CR0_NW
+    ops = vcpu.ops
+    old_cr0 = vcpu.cr0
+    vcpu.smi_pending = False
+    ops.set_cr0(vcpu, X86_CR0_ET | (old_cr0 & (X86_CR0_NW | X86_CR0_CD) if init_event
+                                    else X86_CR0_NW | X86_CR0_CD))
+    ops.set_cr4(vcpu, 0)
+    ops.set_efer_vendor(vcpu, 0)
+    vcpu.cr3 = 0
+    if old_cr0 & X86_CR0_PG:
+        ops.kvm_mmu_unload(vcpu)
+        ops.kvm_init_mmu(vcpu)
+    if init_event:
+        kvm_make_request(KVM_REQ.TLB_FLUSH_GUEST, vcpu)
+
+
+_V1_INFERRED = ("the base tree's TDP root role (taken to carry guest CR0.WP/EFER.NX, as the "
+                "v1 diff context still uses mmu_role) and the fast-switch function names "
+                "(the v5.18 ones, chosen during the v1 review) are inferred")
+
+_V5_17_FAST_SWITCH = ("kvm_mmu_new_pgd", "__kvm_mmu_new_pgd", "fast_pgd_switch",
+                      "cached_root_available")
+
+SEED_V1 = replace(
+    V5_17,
+    name="seed-v1",
+    kernel="unmerged, 2022-02-09",
+    summary=("kvm_mmu_reset_context() re-inits and looks the current CR3 up in the root cache "
+             "instead of unloading; CR0.PG 1->0 unloads explicitly"),
+    sources=("<20220209170020.1775368-1-pbonzini@redhat.com>",
+             "<20220209170020.1775368-13-pbonzini@redhat.com>",
+             "<29e1edc7-9f9f-0663-997f-3416269b6a89@redhat.com>"),
+    inferred=_V1_INFERRED,
+    merged=False,
+    efer_role_bits=int(EFER_LME | EFER_NX),
+    overrides={**{k: v for k, v in V5_17.overrides.items() if k not in _V5_17_FAST_SWITCH},
+               "kvm_mmu_reset_context": kvm_mmu_reset_context_v1,
+               "kvm_post_set_cr0": kvm_post_set_cr0_v1,
+               "kvm_post_set_cr4": kvm_post_set_cr4_v1,
+               "kvm_vcpu_reset": kvm_vcpu_reset_v1},
+    names={k: v for k, v in V5_17.names.items()
+           if k not in ("cached_root_find_and_keep_current", "cached_root_find_without_current")},
+)
+
+
+# ---------------------------------------------------------------------------
+# seed-v2
+
+def kvm_mmu_reset_context_v2(vcpu):
+    """Re-init the MMU and defer the root lookup to the next VM entry.
+
+    Mirrors: v2 18/18 <20220217210340.312449-19-pbonzini@redhat.com>:
+    kvm_mmu_reset_context() (never merged)
+    """
+    vcpu.kvm.step.resets += 1
+    vcpu.ops.kvm_init_mmu(vcpu)
+    kvm_make_request(KVM_REQ.MMU_UPDATE_ROOT, vcpu)
+
+
+def kvm_mmu_update_root(vcpu):
+    """Look the guest's current pgd up in the root cache (the new request's work).
+
+    Mirrors: v2 15/18-16/18 <20220217210340.312449-17-pbonzini@redhat.com>:
+    kvm_mmu_update_root() (never merged)
+    """
+    vcpu.ops.kvm_mmu_new_pgd(vcpu, vcpu.cr3)
+
+
+SEED_V2 = replace(
+    V5_18,
+    name="seed-v2",
+    kernel="unmerged, 2022-02-17",
+    summary=("v2: the reset re-inits the MMU and raises KVM_REQ_MMU_UPDATE_ROOT; the cache "
+             "lookup happens at the next VM entry"),
+    sources=("<20220217210340.312449-1-pbonzini@redhat.com>",
+             "<20220217210340.312449-17-pbonzini@redhat.com>",
+             "<20220217210340.312449-19-pbonzini@redhat.com>",
+             "<YhATewkkO/l4P9UN@google.com>"),
+    inferred=("the base is taken to be v5.18's merged behaviour; the request is serviced right "
+              "after the obsolete-roots request"),
+    merged=False,
+    parent="v5.18",
+    entry_requests=((KVM_REQ.MMU_UPDATE_ROOT, "kvm_mmu_update_root"),),
+    overrides={**V5_18.overrides,
+               "kvm_mmu_reset_context": kvm_mmu_reset_context_v2,
+               "kvm_mmu_update_root": kvm_mmu_update_root},
+)
+
+
+# ---------------------------------------------------------------------------
+# The reviewer's sketch
+
+def kvm_post_set_cr_reinit_mmu(vcpu):
+    """Re-init the MMU and look the current CR3 up: the CR0/CR4 paths only.
+
+    Mirrors: the sketch in <YgavcP/jb5njjKKn@google.com> (never merged)
+    """
+    vcpu.kvm.step.resets += 1
+    vcpu.ops.kvm_init_mmu(vcpu)
+    vcpu.ops.kvm_mmu_new_pgd(vcpu, vcpu.cr3)
+
+
+def kvm_post_set_cr0_sketch(vcpu, old_cr0, cr0):
+    """Role change: re-init and look up CR3; CR0.PG 1->0: flush the guest TLB.
+
+    Mirrors: the sketch in <YgavcP/jb5njjKKn@google.com> (never merged)
+    """
+    if (cr0 ^ old_cr0) & vcpu.kvm.era.cr0_role_bits:
+        vcpu.ops.kvm_post_set_cr_reinit_mmu(vcpu)
+    if old_cr0 & X86_CR0_PG and not cr0 & X86_CR0_PG:
+        kvm_make_request(KVM_REQ.TLB_FLUSH_GUEST, vcpu)
+
+
+def kvm_post_set_cr4_sketch(vcpu, old_cr4, cr4):
+    """Role change: re-init and look up CR3; a PCIDE change unloads at the next
+    entry; a PGE toggle or SMEP 0->1 flushes the guest TLB.
+
+    Mirrors: the sketch in <YgavcP/jb5njjKKn@google.com> (never merged)
+    """
+    changed = cr4 ^ old_cr4
+    if changed & vcpu.kvm.era.cr4_role_bits:
+        vcpu.ops.kvm_post_set_cr_reinit_mmu(vcpu)
+    if changed & X86_CR4_PCIDE:
+        kvm_make_request(KVM_REQ.MMU_RELOAD, vcpu)
+    if changed & X86_CR4_PGE or (cr4 & X86_CR4_SMEP and not old_cr4 & X86_CR4_SMEP):
+        kvm_make_request(KVM_REQ.TLB_FLUSH_GUEST, vcpu)
+
+
+REVIEW_SKETCH = SEED_V1.derive(
+    "review-sketch",
+    ("the reviewer's sketch: CR0/CR4 role changes re-init and look up CR3; "
+     "kvm_mmu_reset_context() still unloads for SMM, SREGS and INIT; flushes follow the SDM"),
+    kernel="unmerged, 2022-02-11",
+    sources=("<YgavcP/jb5njjKKn@google.com>", "<YgqsU8j80M1ZpWPx@google.com>"),
+    inferred="the sketch was prose and pseudo-code in a reply; its untested details are inferred",
+    helpers={"kvm_post_set_cr_reinit_mmu": kvm_post_set_cr_reinit_mmu},
+    kvm_mmu_reset_context=mmu.kvm_mmu_reset_context,     # unchanged: unload + init
+    kvm_post_set_cr0=kvm_post_set_cr0_sketch,
+    kvm_post_set_cr4=kvm_post_set_cr4_sketch,
+    kvm_vcpu_reset=x86.kvm_vcpu_reset,
+)
