@@ -90,9 +90,9 @@ def kvm_vcpu_reset_v1(vcpu, init_event):
         kvm_make_request(KVM_REQ.TLB_FLUSH_GUEST, vcpu)
 
 
-_V1_INFERRED = ("the base tree's TDP root role (taken to carry guest CR0.WP/EFER.NX, as the "
-                "v1 diff context still uses mmu_role) and the fast-switch function names "
-                "(the v5.18 ones, chosen during the v1 review) are inferred")
+_V1_INFERRED = ("the base tree (kvm/queue during v5.18 development) is taken to be v5.17 plus "
+                "the series' patches 1-11; its TDP root role still carries guest CR0.WP/EFER.NX "
+                "because the cpu_role/root_role split came later")
 
 _V5_17_FAST_SWITCH = ("kvm_mmu_new_pgd", "__kvm_mmu_new_pgd", "fast_pgd_switch",
                       "cached_root_available")
@@ -114,8 +114,9 @@ SEED_V1 = replace(
                "kvm_post_set_cr0": kvm_post_set_cr0_v1,
                "kvm_post_set_cr4": kvm_post_set_cr4_v1,
                "kvm_vcpu_reset": kvm_vcpu_reset_v1},
-    names={k: v for k, v in V5_17.names.items()
-           if k not in ("cached_root_find_and_keep_current", "cached_root_find_without_current")},
+    # v1 08/12-09/12 named the two cache searches differently from what merged.
+    names={**V5_17.names, "cached_root_find_and_keep_current": "cached_root_find_and_promote",
+           "cached_root_find_without_current": "cached_root_find_and_replace"},
 )
 
 
@@ -142,24 +143,104 @@ def kvm_mmu_update_root(vcpu):
     vcpu.ops.kvm_mmu_new_pgd(vcpu, vcpu.cr3)
 
 
+def kvm_set_cr3_v2(vcpu, cr3):
+    """As kvm_set_cr3(), but a changed CR3 raises KVM_REQ_MMU_UPDATE_ROOT
+    instead of switching roots at once.
+
+    Mirrors: v2 16/18 <20220217210340.312449-17-pbonzini@redhat.com>:
+    kvm_set_cr3() (never merged)
+    """
+    from .registers import GUEST_MAXPHYADDR, X86_CR3_PCID_MASK, X86_CR3_PCID_NOFLUSH
+    from .x86 import is_pae_paging, kvm_vcpu_is_legal_cr3
+    ops = vcpu.ops
+    skip_tlb_flush, pcid = False, 0
+    if vcpu.cr4 & X86_CR4_PCIDE:
+        skip_tlb_flush = bool(cr3 & X86_CR3_PCID_NOFLUSH)
+        cr3 &= ~X86_CR3_PCID_NOFLUSH
+        pcid = cr3 & X86_CR3_PCID_MASK
+    if not (cr3 == vcpu.cr3 and not is_pae_paging(vcpu)):
+        if not kvm_vcpu_is_legal_cr3(vcpu, cr3):
+            return f"CR3 value {cr3:#x} sets bits above MAXPHYADDR ({GUEST_MAXPHYADDR})"
+        if is_pae_paging(vcpu) and not ops.load_pdptrs(vcpu, cr3):
+            return "the PAE PDPTEs are invalid"
+        if cr3 != vcpu.cr3:
+            kvm_make_request(KVM_REQ.MMU_UPDATE_ROOT, vcpu)
+        vcpu.cr3 = cr3
+    if not skip_tlb_flush:
+        ops.kvm_invalidate_pcid(vcpu, pcid)
+    return 0
+
+
+def kvm_post_set_cr4_v2(vcpu, old_cr4, cr4):
+    """v2 17/18's rules, on a base that still had KVM_REQ_MMU_RELOAD: role bit ->
+    reset; shadow paging and PCIDE 0->1 -> unload at the next entry; PGE toggle
+    or PCIDE 1->0 -> guest flush; else PAE toggle or SMEP 0->1 -> current flush.
+
+    Mirrors: v2 17/18 <20220217210340.312449-18-pbonzini@redhat.com>:
+    kvm_post_set_cr4() (merged in v5.18 with a direct unload instead)
+    """
+    from .registers import X86_CR4_PAE
+    changed = cr4 ^ old_cr4
+    if changed & vcpu.kvm.era.cr4_role_bits:
+        vcpu.ops.kvm_mmu_reset_context(vcpu)
+    if not vcpu.kvm.tdp_enabled and cr4 & X86_CR4_PCIDE and not old_cr4 & X86_CR4_PCIDE:
+        kvm_make_request(KVM_REQ.MMU_RELOAD, vcpu)
+    if changed & X86_CR4_PGE or (not cr4 & X86_CR4_PCIDE and old_cr4 & X86_CR4_PCIDE):
+        kvm_make_request(KVM_REQ.TLB_FLUSH_GUEST, vcpu)
+    elif changed & X86_CR4_PAE or (cr4 & X86_CR4_SMEP and not old_cr4 & X86_CR4_SMEP):
+        kvm_make_request(KVM_REQ.TLB_FLUSH_CURRENT, vcpu)
+
+
+def __set_sregs_v2(vcpu, sregs):
+    """KVM_SET_SREGS unloads when a paging register changed, then always
+    re-inits the MMU (no reset, no flush).
+
+    Mirrors: v2 13/18 <20220217210340.312449-14-pbonzini@redhat.com>:
+    __set_sregs() (never merged)
+    """
+    from .x86 import is_pae_paging, kvm_is_valid_sregs
+    err = kvm_is_valid_sregs(vcpu, sregs)
+    if err:
+        return err
+    ops = vcpu.ops
+    changed = any(getattr(vcpu, k) != sregs[k] for k in ("cr3", "efer", "cr0", "cr4"))
+    vcpu.cr3 = sregs["cr3"]
+    ops.set_efer_vendor(vcpu, sregs["efer"])
+    ops.set_cr0(vcpu, sregs["cr0"])
+    ops.set_cr4(vcpu, sregs["cr4"])
+    if is_pae_paging(vcpu):
+        ops.load_pdptrs(vcpu, vcpu.cr3)
+    if changed:
+        ops.kvm_mmu_unload(vcpu)
+    ops.kvm_init_mmu(vcpu)
+    return 0
+
+
 SEED_V2 = replace(
     V5_18,
     name="seed-v2",
     kernel="unmerged, 2022-02-17",
-    summary=("v2: the reset re-inits the MMU and raises KVM_REQ_MMU_UPDATE_ROOT; the cache "
-             "lookup happens at the next VM entry"),
+    summary=("v2: the reset re-inits the MMU and raises KVM_REQ_MMU_UPDATE_ROOT, as does a "
+             "CR3 change; the cache lookup happens at the next VM entry"),
     sources=("<20220217210340.312449-1-pbonzini@redhat.com>",
+             "<20220217210340.312449-14-pbonzini@redhat.com>",
              "<20220217210340.312449-17-pbonzini@redhat.com>",
+             "<20220217210340.312449-18-pbonzini@redhat.com>",
              "<20220217210340.312449-19-pbonzini@redhat.com>",
              "<YhATewkkO/l4P9UN@google.com>"),
-    inferred=("the base is taken to be v5.18's merged behaviour; the request is serviced right "
-              "after the obsolete-roots request"),
+    inferred=("the base is taken to be v5.18's merged behaviour with KVM_REQ_MMU_RELOAD "
+              "still present (kvm/queue of February 2022); the TDP root role is pre-split"),
     merged=False,
     parent="v5.18",
+    has_mmu_reload=True,
     entry_requests=((KVM_REQ.MMU_UPDATE_ROOT, "kvm_mmu_update_root"),),
+    reload_clears=(KVM_REQ.MMU_UPDATE_ROOT,),
     overrides={**V5_18.overrides,
                "kvm_mmu_reset_context": kvm_mmu_reset_context_v2,
-               "kvm_mmu_update_root": kvm_mmu_update_root},
+               "kvm_mmu_update_root": kvm_mmu_update_root,
+               "kvm_set_cr3": kvm_set_cr3_v2,
+               "kvm_post_set_cr4": kvm_post_set_cr4_v2,
+               "__set_sregs": __set_sregs_v2},
 )
 
 
@@ -188,16 +269,19 @@ def kvm_post_set_cr0_sketch(vcpu, old_cr0, cr0):
 
 
 def kvm_post_set_cr4_sketch(vcpu, old_cr4, cr4):
-    """Role change: re-init and look up CR3; a PCIDE change unloads at the next
-    entry; a PGE toggle or SMEP 0->1 flushes the guest TLB.
+    """A PCIDE change unloads at the next entry and nothing else is needed;
+    otherwise a role change re-inits and looks up CR3, and a PGE toggle or SMEP
+    0->1 flushes the guest TLB.  (No current-PCID flush for a PAE change: the
+    sketch has none.)
 
     Mirrors: the sketch in <YgavcP/jb5njjKKn@google.com> (never merged)
     """
     changed = cr4 ^ old_cr4
-    if changed & vcpu.kvm.era.cr4_role_bits:
-        vcpu.ops.kvm_post_set_cr_reinit_mmu(vcpu)
     if changed & X86_CR4_PCIDE:
         kvm_make_request(KVM_REQ.MMU_RELOAD, vcpu)
+        return
+    if changed & vcpu.kvm.era.cr4_role_bits:
+        vcpu.ops.kvm_post_set_cr_reinit_mmu(vcpu)
     if changed & X86_CR4_PGE or (cr4 & X86_CR4_SMEP and not old_cr4 & X86_CR4_SMEP):
         kvm_make_request(KVM_REQ.TLB_FLUSH_GUEST, vcpu)
 
@@ -208,7 +292,8 @@ REVIEW_SKETCH = SEED_V1.derive(
      "kvm_mmu_reset_context() still unloads for SMM, SREGS and INIT; flushes follow the SDM"),
     kernel="unmerged, 2022-02-11",
     sources=("<YgavcP/jb5njjKKn@google.com>", "<YgqsU8j80M1ZpWPx@google.com>"),
-    inferred="the sketch was prose and pseudo-code in a reply; its untested details are inferred",
+    inferred=("the sketch was pseudo-code in a reply, on the v1 base; it calls the init "
+              "kvm_mmu_init (taken to mean kvm_init_mmu)"),
     helpers={"kvm_post_set_cr_reinit_mmu": kvm_post_set_cr_reinit_mmu},
     kvm_mmu_reset_context=mmu.kvm_mmu_reset_context,     # unchanged: unload + init
     kvm_post_set_cr0=kvm_post_set_cr0_sketch,

@@ -10,8 +10,12 @@ gpte bit is called ``gpte_is_8_bytes``.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import lru_cache
 
+from . import era_v5_17
 from .era_v5_17 import PAGE_ROLE_FIELDS_V5, V5_17
+from .roles import (KvmCpuRole, RoleRegs, calc_mmu_role_ext, guest_paging_level, is_cr0_pg,
+                    is_cr4_pae, role_regs)
 from .kvm import KVM_MMU_NUM_PREV_ROOTS, KVM_MMU_ROOT_PREVIOUS
 from .registers import X86_CR4_PCIDE, X86_CR4_PGE, PAGE_SHIFT
 from .requests import KVM_REQ, kvm_make_request
@@ -62,15 +66,48 @@ def kvm_invalidate_pcid(vcpu, pcid):
 
 
 def load_pdptrs(vcpu, cr3) -> bool:
-    """Read the PDPTEs and request KVM_REQ_LOAD_MMU_PGD; the current root is
-    left alone (v5.17 frees it under shadow paging when the PDPTEs change).
+    """Read the PDPTEs; neither free the current root nor request a PGD load
+    (both came with Lai Jiangshan's fix in v5.16).
 
     Mirrors: arch/x86/kvm/x86.c: load_pdptrs() (v5.15)
     """
     from .mmu import pdpte_gfn
     vcpu.walk_mmu.pdptrs = tuple((pdpte_gfn(cr3, i) << PAGE_SHIFT) | 1 for i in range(4))
-    kvm_make_request(KVM_REQ.LOAD_MMU_PGD, vcpu)
     return True
+
+
+def kvm_calc_shadow_mmu_root_page_role(regs: RoleRegs, base_only: bool = False):
+    """As v5.17's, but the gpte bit is ``gpte_is_8_bytes`` = PG and PAE, so it is
+    0 (read: "4-byte") with paging off.  Stored here inverted, as has_4_byte_gpte.
+
+    Mirrors: arch/x86/kvm/mmu/mmu.c: kvm_calc_shadow_root_page_role_common() (v5.15)
+    """
+    role = era_v5_17.kvm_calc_shadow_mmu_root_page_role(regs, base_only)
+    return role.replace(has_4_byte_gpte=not (is_cr0_pg(regs) and is_cr4_pae(regs)))
+
+
+@lru_cache(maxsize=None)
+def calc_roles(regs: RoleRegs, tdp: bool):
+    base = (era_v5_17.kvm_calc_tdp_mmu_root_page_role(regs) if tdp
+            else kvm_calc_shadow_mmu_root_page_role(regs))
+    mmu_role = KvmCpuRole(base, calc_mmu_role_ext(regs, with_pg_pae=True))
+    return mmu_role, base, guest_paging_level(regs)
+
+
+def kvm_mmu_calc_root_page_role(vcpu):
+    """v5.17's base-only lookup role, with v5.15's gpte bit.
+
+    Mirrors: arch/x86/kvm/mmu/mmu.c: kvm_mmu_calc_root_page_role() (v5.15)
+    """
+    regs = role_regs(vcpu)
+    if vcpu.kvm.tdp_enabled:
+        return era_v5_17.kvm_calc_tdp_mmu_root_page_role(regs)
+    return kvm_calc_shadow_mmu_root_page_role(regs, base_only=True)
+
+
+def kvm_mmu_new_pgd(vcpu, new_pgd):
+    """Mirrors: arch/x86/kvm/mmu/mmu.c: kvm_mmu_new_pgd() (v5.15)."""
+    vcpu.ops.__kvm_mmu_new_pgd(vcpu, new_pgd, kvm_mmu_calc_root_page_role(vcpu))
 
 
 V5_15 = replace(
@@ -79,14 +116,18 @@ V5_15 = replace(
     kernel="v5.15",
     summary=("as v5.17, but CR4.PGE is a role bit, CR4.PCIDE 1->0 resets, and a guest TLB "
              "flush under shadow paging unloads every root"),
-    sources=("v5.15 tree (KVM files of 5.15.16)",
+    sources=("v5.15 tree (torvalds/linux x86.c at f3d1436d, mmu/mmu.c at c6cecc4b)",
              "a91a7c709600 (v5.16) KVM: X86: Don't reset mmu context when toggling X86_CR4_PGE",
              "61b05a9fd4ae (v5.16) KVM: X86: Don't unload MMU in kvm_vcpu_flush_tlb_guest()",
              "509bfe3d9796 (v5.16) KVM: X86: Cache CR3 in prev_roots when PCID is disabled"),
     page_role_fields=tuple("gpte_is_8_bytes" if f == "has_4_byte_gpte" else f
                            for f in PAGE_ROLE_FIELDS_V5),
     cr4_role_bits=KVM_MMU_CR4_ROLE_BITS_V5_15,
+    inferred=None,
+    calc_roles=calc_roles,
+    names={**V5_17.names, "kvm_service_local_tlb_flush_requests": None},   # inline in 5.15
     overrides={**V5_17.overrides,
+               "kvm_mmu_new_pgd": kvm_mmu_new_pgd,
                "kvm_post_set_cr4": kvm_post_set_cr4,
                "kvm_vcpu_flush_tlb_guest": kvm_vcpu_flush_tlb_guest,
                "kvm_invalidate_pcid": kvm_invalidate_pcid,

@@ -219,6 +219,9 @@ V5_17 = Era(
     tdp_mmu_owns_roots=False,
     sregs_flush_guest=False,
     reset_flushes_on_pg=False,
+    inferred=("set_efer() follows the v5.17 merge-window tree (reset on EFER.NX only); "
+              "d6174299365d (reset on LME|NX too, Cc stable, Feb 2022) may have reached "
+              "v5.17 final"),
     overrides={
         "kvm_post_set_cr0": kvm_post_set_cr0,
         "kvm_post_set_cr4": kvm_post_set_cr4,

@@ -34,9 +34,11 @@ NAMES_V5_18 = {
     "kvm_check_and_inject_events": "inject_pending_event",
     "kvm_inject_smi": "kvm_vcpu_ioctl_smi",
     "emulator_leave_smm": None,
-    "svm:flush_tlb_current": "svm_flush_tlb",
-    "svm:flush_tlb_guest": "svm_flush_tlb",
-    "svm:flush_tlb_all": "svm_flush_tlb",
+    # 5.18 renamed svm_flush_tlb() to svm_flush_tlb_current() (4d9c83f5a06a);
+    # svm_flush_tlb_asid() for guest flushes arrived in 6.3.
+    "svm:flush_tlb_current": "svm_flush_tlb_current",
+    "svm:flush_tlb_guest": "svm_flush_tlb_current",
+    "svm:flush_tlb_all": "svm_flush_tlb_current",
 }
 
 
@@ -67,15 +69,15 @@ V5_18 = replace(
     summary=("flushes requested separately from the reset; cache lookup after init for any "
              "guest width; PCIDE 0->1 unloads only under shadow paging; the reset still "
              "unloads all roots and the TDP role still carries guest CR0.WP/EFER.NX"),
-    sources=("b5f61c035d49 KVM: x86: flush TLB separately from MMU reset "
+    sources=("read in torvalds/linux at 5.18-rc commits (x86.c 423ecfea, mmu/mmu.c b28cb0cd)",
+             "b5f61c035d49 KVM: x86: flush TLB separately from MMU reset "
              "<20220217210340.312449-18-pbonzini@redhat.com>",
              "3cffc89d9d07 KVM: x86/mmu: load new PGD after the shadow MMU is initialized",
              "d2e5f3334169 KVM: x86/mmu: Always use current mmu's role when loading new PGD",
              "5499ea73e7db KVM: x86/mmu: look for a cached PGD when going from 32-bit to 64-bit",
              "f6d0a2521ce1 KVM: x86: Invoke kvm_mmu_unload() directly on CR4.PCIDE change",
              "e65a3b46b5b1 KVM: Drop KVM_REQ_MMU_RELOAD"),
-    inferred="that v5.18's TDP root role still carries guest CR0.WP/EFER.NX is inferred from "
-             "when the cpu_role/root_role split landed (v5.19); no v5.18 tree was read",
+    inferred=None,
     calc_roles=era_v5_17.calc_roles,
     page_role_fields=PAGE_ROLE_FIELDS_V5,
     cpu_role_name="mmu_role",

@@ -64,6 +64,7 @@ class Era:
     inferred: Optional[str] = None    # what is inferred rather than read in a kernel tree
     merged: bool = True               # False for posted-but-never-merged patches
     entry_requests: tuple = ()        # extra (KVM_REQ, core name) serviced first at VM entry
+    reload_clears: tuple = ()         # requests that KVM_REQ_MMU_RELOAD's unload makes moot
     parent: Optional[str] = None      # for variants: the era they start from
     overrides: dict = field(default_factory=dict)   # core name -> replacement function
     names: dict = field(default_factory=dict)       # [vendor:]core name -> this kernel's name (None: inlined)

@@ -237,6 +237,10 @@ def mmu_alloc_root(vcpu, gfn, quadrant, level) -> KvmMmuPage:
     role = vcpu.mmu.root_role
     if role.level != level or role.quadrant != quadrant:
         role = role.replace(level=level, quadrant=quadrant)
+    if role.direct and role.has_4_byte_gpte:
+        # Direct pages never have 4-byte gptes (kvm_mmu_get_page() up to v5.19
+        # forced it; only v5.15's paging-off shadow root role has it set).
+        role = role.replace(has_4_byte_gpte=False)
     sp = vcpu.ops.kvm_mmu_get_shadow_page(vcpu, gfn, role)
     sp.root_count += 1
     return sp

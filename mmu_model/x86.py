@@ -450,6 +450,8 @@ def vcpu_enter_guest(vcpu):
         if vcpu.requests:
             if era.has_mmu_reload and kvm_check_request(KVM_REQ.MMU_RELOAD, vcpu):
                 ops.kvm_mmu_unload(vcpu)
+                for req in era.reload_clears:
+                    kvm_clear_request(req, vcpu)
             if kvm_check_request(KVM_REQ.MMU_FREE_OBSOLETE_ROOTS, vcpu):
                 ops.kvm_mmu_free_obsolete_roots(vcpu)
             for req, name in era.entry_requests:      # requests an unmerged era adds
