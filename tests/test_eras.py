@@ -145,3 +145,12 @@ def test_cli_loads_a_variants_file():
     r = subprocess.run([sys.executable, "-m", "mmu_model", "run", "scenarios/init.json",
                         "--variants", "no-such-file.py"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("--variants no-such-file.py:")
+
+
+def test_seed_v2_flushing_cr3_loses_the_cached_root():
+    """v2 16/18 defers the lookup, so kvm_invalidate_pcid() frees the cached
+    root of the new PCID before the lookup runs; v5.18 switches first."""
+    *_, merged = run("cr3-flush-to-cached-root", "v5.18", "shadow")
+    *_, v2 = run("cr3-flush-to-cached-root", "seed-v2", "shadow")
+    assert merged["root_source"] == "cache" and merged["freed"] == []
+    assert v2["root_source"] == "hash" and [f["pgd"] for f in v2["freed"]] == ["0x2001"]
