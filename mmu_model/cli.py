@@ -1,4 +1,4 @@
-"""The command line: ``python -m mmu_model run|compare|eras``.
+"""The command line: ``python -m mmu_model run|compare|check|ablate|quiz|eras``.
 
 Invalid input exits 2 with one line naming the file and the JSON path;
 a guest fault is a result, not an error.
@@ -41,6 +41,25 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--json", action="store_true", help="print the comparison as JSON")
     cmp_.add_argument("--variants", action="append", default=[], metavar="FILE.py",
                       help="a Python file that registers variants, so --era can name them")
+    chk = sub.add_parser("check", help="search random guest programs for a stale translation; "
+                                        "print the shortest as a scenario (exit 1) or exit 0")
+    chk.add_argument("--era", default=DEFAULT_ERA, help="era or registered variant")
+    chk.add_argument("--mode", choices=MODES, default="shadow")
+    chk.add_argument("--vendor", choices=VENDORS, default="vmx")
+    chk.add_argument("--examples", type=int, default=1000, help="programs to try (default 1000)")
+    chk.add_argument("--seed", type=int, default=0)
+    chk.add_argument("--avoid-known", action="store_true",
+                     help="leave out the guest-wide flushes behind docs/findings.md")
+    chk.add_argument("--variants", action="append", default=[], metavar="FILE.py")
+    abl = sub.add_parser("ablate", help="remove each root unload / flush request in turn and "
+                                        "search for violations")
+    abl.add_argument("--era", default=DEFAULT_ERA)
+    abl.add_argument("--mode", action="append", choices=MODES,
+                     help="modes (repeatable; default: shadow, tdp, tdp-legacy)")
+    abl.add_argument("--vendor", choices=VENDORS, default="vmx")
+    abl.add_argument("--examples", type=int, default=1000, help="programs per row (default 1000)")
+    abl.add_argument("--json", action="store_true")
+    sub.add_parser("quiz", help="seeded questions: -s SEED [-n N] [-c] [--key] (see quiz -h)")
     eras = sub.add_parser("eras", help="list the eras: name, kernel range, what defines them")
     eras.add_argument("-v", "--verbose", action="store_true", help="also list each source in full")
     return p
@@ -115,11 +134,55 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def _positive(n, flag):
+    return None if n > 0 else f"{flag}: expected a positive number, got {n}"
+
+
+def cmd_check(args) -> int:
+    from .search import find_violation, reproduction
+    err = load_variants(args.variants) or _positive(args.examples, "--examples")
+    if err:
+        return _fail(err)
+    try:
+        get_era(args.era)
+    except KeyError as e:
+        return _fail(f"--era: {e.args[0]}")
+    found, n = find_violation(args.era, args.mode, args.vendor, examples=args.examples,
+                              seed=args.seed, avoid_known=args.avoid_known)
+    if found is None:
+        print(f"no violation in {n} programs ({args.era}, {args.mode}, {args.vendor})")
+        return 0
+    print(json.dumps(reproduction(args.era, args.mode, args.vendor, found), indent=2))
+    return 1
+
+
+def cmd_ablate(args) -> int:
+    from .ablate import DECISIONS, ablation_table, ablation_text
+    err = _positive(args.examples, "--examples")
+    if err:
+        return _fail(err)
+    try:
+        get_era(args.era)
+    except KeyError as e:
+        return _fail(f"--era: {e.args[0]}")
+    if args.era not in DECISIONS:
+        return _fail(f"--era: no decision list for {args.era!r} (have: {', '.join(DECISIONS)})")
+    rows = ablation_table(args.era, tuple(args.mode or ("shadow", "tdp", "tdp-legacy")),
+                          args.vendor, args.examples)
+    print(json.dumps(rows, indent=2) if args.json else ablation_text(args.era, rows))
+    return 0
+
+
 def cmd_eras(args) -> int:
     print(eras_table(all_eras(), args.verbose))
     return 0
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["quiz"]:                 # the quiz has its own OSTEP-style flags
+        from .quiz import main as quiz_main
+        return quiz_main(argv[1:])
     args = _parser().parse_args(argv)
-    return {"run": cmd_run, "compare": cmd_compare, "eras": cmd_eras}[args.command](args)
+    return {"run": cmd_run, "compare": cmd_compare, "check": cmd_check, "ablate": cmd_ablate,
+            "eras": cmd_eras}[args.command](args)

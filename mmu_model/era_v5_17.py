@@ -188,13 +188,13 @@ def kvm_mmu_invpcid_gva(vcpu, gva, pcid):
 
     Mirrors: arch/x86/kvm/mmu/mmu.c: kvm_mmu_invpcid_gva() (v5.17)
     """
+    from .mmu import page_for_addr, sync_page
     mmu = vcpu.mmu
-    tlb_flush = pcid == vcpu.active_pcid()
-    for i in range(KVM_MMU_NUM_PREV_ROOTS):
-        prev = mmu.prev_roots[i]
-        if prev.hpa is not None and pcid == vcpu.pcid(prev.pgd):
-            tlb_flush = True
-    if tlb_flush:
+    roots = [mmu.root] if pcid == vcpu.active_pcid() else []
+    roots += [p for p in mmu.prev_roots if p.hpa is not None and pcid == vcpu.pcid(p.pgd)]
+    for info in roots:             # mmu->invlpg() on each matching root
+        sync_page(vcpu.kvm, page_for_addr(info.hpa, gva), [gva])
+    if roots:
         vcpu.ops.flush_tlb_gva(vcpu, gva)
 
 

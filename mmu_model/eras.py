@@ -65,6 +65,8 @@ class Era:
     merged: bool = True               # False for posted-but-never-merged patches
     entry_requests: tuple = ()        # extra (KVM_REQ, core name) serviced first at VM entry
     reload_clears: tuple = ()         # requests that KVM_REQ_MMU_RELOAD's unload makes moot
+    op_wrapper: Optional[Callable] = None    # ablation: wraps every mirrored function
+    suppress_request: Optional[tuple] = None  # ablation: (function, KVM_REQ name) to skip
     parent: Optional[str] = None      # for variants: the era they start from
     overrides: dict = field(default_factory=dict)   # core name -> replacement function
     names: dict = field(default_factory=dict)       # [vendor:]core name -> this kernel's name (None: inlined)
@@ -83,6 +85,8 @@ class Era:
             name = self.kernel_name(core_name, vendor_name)
             if trace is not None and name is not None and core_name not in UNTRACED:
                 fn = traced(trace, name, fn)
+            if self.op_wrapper is not None:
+                fn = self.op_wrapper(core_name, fn)
             setattr(ops, core_name, fn)
         return ops
 
@@ -148,5 +152,7 @@ def _load_builtin():
         from .era_v5_18 import V5_18, V5_19
         from .era_v6_18 import V6_4, V6_18
         # In kernel order; the two variants from the review come last.
-        for era in (V5_15, V5_17, SEED_V1, V5_18, V5_19, V6_4, V6_18, SEED_V2, REVIEW_SKETCH):
+        from .ablate import NO_PCIDE_UNLOAD
+        for era in (V5_15, V5_17, SEED_V1, V5_18, V5_19, V6_4, V6_18, SEED_V2, REVIEW_SKETCH,
+                    NO_PCIDE_UNLOAD):
             ERAS.setdefault(era.name, era)

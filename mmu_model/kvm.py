@@ -38,7 +38,7 @@ class KvmMmuPage:
     from v6.4, includes one reference owned by the TDP MMU itself.
     """
     __slots__ = ("id", "gfn", "role", "root_count", "tdp_mmu_page", "destroyed",
-                 "tdp_mmu_ref", "unsync")
+                 "tdp_mmu_ref", "space", "sptes", "unsync_addrs")
 
     def __init__(self, id: int, gfn: int, role: KvmMmuPageRole, tdp_mmu_page: bool = False):
         self.id = id
@@ -48,7 +48,16 @@ class KvmMmuPage:
         self.tdp_mmu_page = tdp_mmu_page
         self.tdp_mmu_ref = False   # v6.4+: the TDP MMU holds a reference of its own
         self.destroyed = False
-        self.unsync = False
+        # For the architectural checker: the address space (CR3 frame) this
+        # page shadows, its leaf translations, and those the guest rewrote
+        # since the last sync (a leaf table KVM let go unsync).
+        self.space = None
+        self.sptes: dict = {}
+        self.unsync_addrs: set = set()
+
+    @property
+    def unsync(self) -> bool:
+        return bool(self.unsync_addrs)
 
     @property
     def kind(self) -> str:
@@ -134,6 +143,8 @@ class KvmVcpu:
         self.smram = None           # the state saved by enter_smm()
         self.smi_pending = False
         self.init_latched = False   # an INIT received while in SMM
+        self.arch_tlb = None        # the architectural checker's state (guest.py)
+        self.hwtlb = None
 
     def pcid(self, cr3: int) -> int:
         """kvm_get_pcid(): the PCID of a CR3 value, 0 while CR4.PCIDE=0."""
@@ -151,7 +162,9 @@ class KvmVcpu:
 class StepLog:
     """What happened during one step: the raw material of a step outcome."""
 
-    def __init__(self):
+    def __init__(self, index: int = 0):
+        self.index = index
+        self.translation = None     # for an access: the entry used and where from
         self.requests: dict = {}
         self.freed: list = []
         self.destroyed: list = []
@@ -193,6 +206,8 @@ class Kvm:
         self.tdp_mmu_enabled = mode == "tdp"
         self.mmu_page_hash: dict = {}
         self.tdp_mmu_roots: list = []
+        self.guest = None           # GuestMemory when the checker is on
+        self.ablation_stack: list = []   # (function, condition held) for ablated eras
         self.trace = trace
         self.ops = era.build_ops(trace, vendor)
         self.vcpus: list[KvmVcpu] = []

@@ -310,6 +310,7 @@ def mmu_alloc_shadow_roots(vcpu):
     if mmu.root_level >= PT64_ROOT_4LEVEL:
         before = kvm.step.allocated
         sp = ops.mmu_alloc_root(vcpu, root_gfn, 0, mmu.root_role.level)
+        sp.space = root_gfn
         kvm.step.root_source = "new" if kvm.step.allocated > before else "hash"
         mmu.root = KvmMmuRootInfo(root_pgd, sp)
         return
@@ -319,17 +320,56 @@ def mmu_alloc_shadow_roots(vcpu):
             gfn, quadrant = mmu.pdptrs[i] >> PAGE_SHIFT, 0
         else:
             gfn, quadrant = root_gfn, i
-        entries.append(ops.mmu_alloc_root(vcpu, gfn, quadrant, PT32_ROOT_LEVEL))
+        sp = ops.mmu_alloc_root(vcpu, gfn, quadrant, PT32_ROOT_LEVEL)
+        sp.space = root_gfn
+        entries.append(sp)
     mmu.root = KvmMmuRootInfo(root_pgd, KvmPaeRoot(kvm.alloc_id(), entries, mmu.root_role))
     kvm.step.root_source = "special"
 
 
+def root_pages(hpa) -> list:
+    """The shadow pages a root reaches: itself, or a special root's entries."""
+    if hpa is None:
+        return []
+    if type(hpa) is KvmMmuPage:
+        return [hpa]
+    return [e for e in hpa.entries if e is not None]
+
+
+def page_for_addr(hpa, addr):
+    """The root page whose range covers ``addr`` (a special root: by PDPTE)."""
+    if type(hpa) is KvmMmuPage:
+        return hpa
+    return hpa.entries[(addr >> 30) & 3] if hpa is not None else None
+
+
+def sync_page(kvm, sp, addrs=None) -> None:
+    """Bring ``sp``'s unsync translations (or just ``addrs``) back in line with
+    the guest's tables (the model's kvm_sync_page()/kvm_sync_spte())."""
+    guest = kvm.guest
+    if guest is None or sp is None or sp.space is None or not sp.unsync_addrs:
+        return
+    todo = list(sp.unsync_addrs) if addrs is None else [a for a in addrs if a in sp.unsync_addrs]
+    for addr in todo:
+        value = guest.read(sp.space, addr)
+        if value is not None and value & 1:
+            sp.sptes[addr] = value
+        else:
+            sp.sptes.pop(addr, None)
+        sp.unsync_addrs.discard(addr)
+
+
 def kvm_mmu_sync_roots(vcpu):
-    """Sync the unsync children of the current shadow root (none in this model).
+    """Sync the unsync children of the current shadow root (or of each valid
+    PAE entry); nothing for direct roots.
 
     Mirrors: arch/x86/kvm/mmu/mmu.c: kvm_mmu_sync_roots()
     """
-    return None
+    mmu = vcpu.mmu
+    if mmu.root_role.direct or mmu.root.hpa is None:
+        return
+    for sp in root_pages(mmu.root.hpa):
+        sync_page(vcpu.kvm, sp)
 
 
 def kvm_mmu_sync_prev_roots(vcpu):
@@ -412,6 +452,12 @@ def kvm_mmu_invalidate_addr(vcpu, mmu, addr, roots):
     if is_noncanonical_address(vcpu, addr):
         return
     vcpu.ops.flush_tlb_gva(vcpu, addr)
+    if mmu.root_role.direct:
+        return
+    slots = ([mmu.root] if roots & KVM_MMU_ROOT_CURRENT else []) + [
+        mmu.prev_roots[i] for i in range(KVM_MMU_NUM_PREV_ROOTS) if roots & KVM_MMU_ROOT_PREVIOUS(i)]
+    for info in slots:
+        sync_page(vcpu.kvm, page_for_addr(info.hpa, addr), [addr])
 
 
 def kvm_mmu_invlpg(vcpu, gva):

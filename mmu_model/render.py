@@ -30,6 +30,10 @@ def event_label(ev: dict) -> str:
         return f"invlpg {ev['addr']:#x}"
     if op == "invpcid":
         return f"invpcid type={ev['type']} pcid={ev['pcid']}" + (f" addr={ev['addr']:#x}" if ev["type"] == 0 else "")
+    if op == "access":
+        return f"access {ev['addr']:#x}"
+    if op == "write_pte":
+        return f"write_pte {ev['cr3']:#x}:{ev['addr']:#x}={ev['value']:#x}"
     if op == "set_sregs":
         return "set_sregs " + " ".join(f"{k}={ev[k]:#x}" for k in ("cr0", "cr3", "cr4", "efer") if k in ev)
     return op
@@ -70,6 +74,13 @@ def step_table(doc: dict, events: list[dict]) -> str:
     lines = head + ["", fmt.format(*cols).rstrip(), fmt.format(*("-" * w for w in widths)).rstrip()]
     lines += [fmt.format(*r).rstrip() for r in rows]
     notes = [f"  step {s['index']}: {s['reason']}" for s in doc["steps"] if s.get("reason")]
+    for s in doc["steps"]:
+        for v in s.get("violations", ()):
+            when = (f"; step {v['invalidated_by_step']} should have invalidated it"
+                    if v["invalidated_by_step"] is not None else "")
+            notes.append(f"  step {s['index']}: VIOLATION vCPU {v['vcpu']} {v['addr']} (PCID "
+                         f"{v['pcid']}): the guest can use {v['stale']} from the {v['source']}, "
+                         f"its tables say {v['expected']}{when}")
     if notes:
         lines += ["", "notes:"] + notes
     t = doc["totals"]

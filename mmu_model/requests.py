@@ -30,6 +30,11 @@ def kvm_make_request(req: KVM_REQ, vcpu) -> None:
 
     Mirrors: include/linux/kvm_host.h: kvm_make_request()
     """
+    skip = vcpu.kvm.era.suppress_request
+    if skip is not None and req.value == skip[1]:
+        stack = vcpu.kvm.ablation_stack
+        if stack and stack[-1] == (skip[0], True):
+            return                  # ablated: this function does not raise it here
     vcpu.requests[req] = None
     vcpu.kvm.step.raised(req)
 

@@ -30,9 +30,9 @@ OPS = {
     "rsm": ((), ()),
     "set_sregs": ((), ("cr0", "cr3", "cr4", "efer")),
     "init": ((), ()),
+    "access": (("addr",), ("write", "user", "fetch")),
+    "write_pte": (("cr3", "addr", "value"), ()),
 }
-# Contract ops that belong to the architectural checker, not modelled yet.
-LATER_OPS = {"access", "write_pte"}
 REG_OF_OP = {"mov_cr0": "cr0", "mov_cr4": "cr4", "wrmsr_efer": "efer"}
 
 
@@ -79,7 +79,8 @@ def event_to_json(e: dict) -> dict:
     for k, v in e.items():
         if k == "vcpu" and v == 0:
             continue
-        if isinstance(v, int) and not isinstance(v, bool) and k in ("value", "cr0", "cr3", "cr4", "efer", "addr"):
+        if isinstance(v, int) and not isinstance(v, bool) and k in ("value", "cr0", "cr3", "cr4",
+                                                                    "efer", "addr"):
             v = hex(v)
         out[k] = v
     return out
@@ -127,9 +128,6 @@ def parse_event(raw: Any, path: str, vcpus: int) -> dict:
     if not isinstance(raw, dict):
         raise ScenarioError(path, "expected an object with an \"op\" field")
     op = raw.get("op")
-    if op in LATER_OPS:
-        raise ScenarioError(f"{path}.op", f"op {op!r} belongs to the architectural checker, "
-                            "which this version of the model does not include yet")
     if op not in OPS:
         raise ScenarioError(f"{path}.op", f"unknown op {op!r} (expected one of: {', '.join(OPS)})")
     required, optional = OPS[op]
@@ -165,6 +163,16 @@ def parse_event(raw: Any, path: str, vcpus: int) -> dict:
         ev["type"] = _int(raw["type"], f"{path}.type")
         ev["pcid"] = _int(raw.get("pcid", 0), f"{path}.pcid")
         ev["addr"] = _int(raw.get("addr", 0), f"{path}.addr")
+    elif op == "access":
+        ev["addr"] = _int(raw["addr"], f"{path}.addr")
+        for k in ("write", "user", "fetch"):
+            if k in raw:
+                if not isinstance(raw[k], bool):
+                    raise ScenarioError(f"{path}.{k}", "expected true or false")
+                ev[k] = raw[k]
+    elif op == "write_pte":
+        for k in ("cr3", "addr", "value"):
+            ev[k] = _int(raw[k], f"{path}.{k}")
     elif op == "set_sregs":
         if not any(k in raw for k in ("cr0", "cr3", "cr4", "efer")):
             raise ScenarioError(path, "set_sregs needs at least one of cr0, cr3, cr4, efer")

@@ -14,7 +14,7 @@ from .registers import (X86_CR3_PCID_NOFLUSH, X86_CR4_PCIDE, X86_FEATURE)
 from .requests import KVM_REQ, kvm_make_request
 from .scenario import Scenario, ScenarioError, parse_event, parse_start
 from .trace import Trace
-from . import vendor, x86
+from . import checker, vendor, x86
 from .mmu import is_noncanonical_address
 
 
@@ -23,7 +23,7 @@ class Simulation:
 
     def __init__(self, era: Era | str = DEFAULT_ERA, mode: str = "shadow", vendor: str = "vmx",
                  vcpus: int = 1, start: dict | str | None = None, trace: bool = True,
-                 record: bool = True):
+                 record: bool = True, check: bool = True):
         self.era = get_era(era) if isinstance(era, str) else era
         self.mode = mode
         self.vendor = vendor
@@ -40,6 +40,9 @@ class Simulation:
         self.kvm.step = StepLog()
         if self.trace is not None:
             self.trace.calls.clear()
+        self.check = check                  # run the architectural checker
+        if check:
+            checker.attach(self.kvm)
 
     def _bring_up(self, vcpu, start):
         """Userspace sets the start registers, then the vCPU's first VM entry
@@ -60,7 +63,10 @@ class Simulation:
         """Apply one normalised event (see scenario.parse_event); return its outcome."""
         kvm = self.kvm
         vcpu = kvm.vcpus[ev.get("vcpu", 0)]
-        kvm.step = log = StepLog()
+        kvm.step = log = StepLog(self.steps_run)
+        before = vcpu.regs() if self.check else None
+        if self.check:
+            checker.observe_all(kvm)
         mmu = vcpu.mmu
         log.start_root = mmu.root.hpa
         log.start_prev = [r.hpa for r in mmu.prev_roots]
@@ -68,6 +74,13 @@ class Simulation:
         fault, reason, intercepted = HANDLERS[ev["op"]](vcpu, ev)
         if intercepted:
             vcpu.ops.vcpu_enter_guest(vcpu)
+        if self.check and fault is None:
+            native = not intercepted and kvm.tdp_enabled and ev["op"] in NATIVE_OPS
+            checker.arch_effects(vcpu, ev, before, log.index, native)
+        found = []
+        if self.check:
+            checker.observe_all(kvm)
+            found = checker.violations(kvm, log.index)
         add_to_totals(self._totals, log, intercepted)
         self.steps_run += 1
         if not self.record:
@@ -75,6 +88,9 @@ class Simulation:
         calls = self.trace.since(mark) if self.trace is not None else []
         out = step_outcome(self.steps_run - 1, vcpu, ev["op"], fault, reason, intercepted,
                            calls, log)
+        out["violations"] = found
+        if log.translation is not None:
+            out["translation"] = log.translation
         self.outcomes.append(out)
         return out
 
@@ -188,7 +204,11 @@ def on_init(vcpu, ev):
     return None, note, True
 
 
+# Guest instructions the CPU executes itself when they do not exit.
+NATIVE_OPS = {"mov_cr0", "mov_cr4", "mov_cr3", "invlpg", "invpcid"}
+
 HANDLERS = {
+    "access": checker.on_access, "write_pte": checker.on_write_pte,
     "mov_cr0": on_mov_cr0, "mov_cr4": on_mov_cr4, "mov_cr3": on_mov_cr3,
     "wrmsr_efer": on_wrmsr_efer, "invpcid": on_invpcid, "invlpg": on_invlpg,
     "smi": on_smi, "rsm": on_rsm, "set_sregs": on_set_sregs, "init": on_init,

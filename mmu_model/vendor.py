@@ -34,6 +34,15 @@ def set_efer_vendor(vcpu, efer):
     vcpu.efer = int(efer)
 
 
+def hw_tag(vcpu):
+    """What the hardware tags the guest's translations with besides PCID: the
+    EPTP (the TDP root) on VMX with EPT; nothing else (VPID/ASID per vCPU)."""
+    kvm = vcpu.kvm
+    if kvm.tdp_enabled and kvm.vendor == "vmx" and vcpu.mmu.root.hpa is not None:
+        return vcpu.mmu.root.hpa.id
+    return None
+
+
 def flush_tlb_current(vcpu):
     """Flush the current root's translations: INVEPT of the current EPTP (VMX
     with EPT), the current VPID (VMX without EPT), or the ASID (SVM).
@@ -41,6 +50,9 @@ def flush_tlb_current(vcpu):
     Mirrors: vmx.c: vmx_flush_tlb_current() / svm.c: svm_flush_tlb_current()
     """
     vcpu.kvm.step.flushes.append("current")
+    if vcpu.hwtlb is not None:
+        tag = hw_tag(vcpu)
+        vcpu.hwtlb.flush_tag(tag) if tag is not None else vcpu.hwtlb.flush_all()
 
 
 def flush_tlb_guest(vcpu):
@@ -49,16 +61,22 @@ def flush_tlb_guest(vcpu):
     Mirrors: vmx.c: vmx_flush_tlb_guest() / svm.c: svm_flush_tlb_asid()
     """
     vcpu.kvm.step.flushes.append("guest")
+    if vcpu.hwtlb is not None:
+        vcpu.hwtlb.flush_all()
 
 
 def flush_tlb_all(vcpu):
     """Mirrors: vmx.c: vmx_flush_tlb_all() / svm.c: svm_flush_tlb_all()."""
     vcpu.kvm.step.flushes.append("all")
+    if vcpu.hwtlb is not None:
+        vcpu.hwtlb.flush_all()
 
 
 def flush_tlb_gva(vcpu, addr):
     """Mirrors: vmx.c: vmx_flush_tlb_gva() / svm.c: svm_flush_tlb_gva()."""
     vcpu.kvm.step.flushes.append("gva")
+    if vcpu.hwtlb is not None:
+        vcpu.hwtlb.flush_addr_all_pcids(addr)
 
 
 VENDOR_NAMES = {

@@ -64,6 +64,21 @@ def compare_path(sc) -> Path:
     return GOLDEN / "history" / f"{sc.name}.txt"
 
 
+# The clarification tables: each unload / flush request of an era removed in
+# turn, 600 programs per row and mode.
+ABLATION_ERAS = ("v6.18", "seed-v1")
+ABLATION_EXAMPLES = 600
+
+
+def render_ablation(era) -> str:
+    from mmu_model.ablate import ablation_table, ablation_text
+    return ablation_text(era, ablation_table(era, examples=ABLATION_EXAMPLES)) + "\n"
+
+
+def ablation_path(era) -> Path:
+    return GOLDEN / "ablation" / f"{era}.txt"
+
+
 if __name__ == "__main__":
     if "--write" not in sys.argv:
         sys.exit("usage: tests/golden.py --write   (rewrites every golden file)")
@@ -77,5 +92,10 @@ if __name__ == "__main__":
         p = compare_path(sc)
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(render_compare(sc, runs))
+        n += 1
+    for era in ABLATION_ERAS:
+        p = ablation_path(era)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(render_ablation(era))
         n += 1
     print(f"wrote {n} golden files under {GOLDEN}")

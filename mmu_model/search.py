@@ -1,0 +1,165 @@
+"""Searching for violations: seeded random guest programs, shrunk to the shortest.
+
+A violation needs an ordered motif (cache a translation, switch away, rewrite
+the entry, change mode, switch back without a flush...), which uniformly drawn
+event lists almost never contain.  So the search runs random *guest programs*
+that pick their next action from weighted intentions and adapt it to the
+vCPU's state (no MOV CR3 with PCID bits while PCIDs are off, RSM only in
+SMM), and records the concrete events.  The first program that trips the
+checker is shrunk by delta debugging: drop chunks, then single events, while
+the violation persists.  Same arguments, same answer.
+"""
+from __future__ import annotations
+
+import random
+
+from .eras import get_era
+from .guest import DEFAULT_ADDRS, KERNEL_A, PTE_P, pte
+from .registers import PRESETS, X86_CR4_PCIDE
+from .scenario import parse_event
+from .sim import Simulation
+
+SPACES = (0x1000, 0x2000, 0x3000)
+STARTS = ("long-mode", "long-mode-pcid")
+FRAMES = (0x7000, 0x7001)
+WEIGHTS = (("access", 4), ("mov_cr3", 4), ("write_pte", 3), ("invlpg", 1), ("cr4", 2),
+           ("cr0", 1), ("invpcid", 1), ("smm", 1), ("init", 0.3))
+
+
+# The guest-wide flushes that expose the shadow-paging finding of
+# docs/findings.md (a synced cached root survives them, goes stale later, and
+# is reused by a no-flush MOV CR3).  ``avoid_known`` leaves them out.
+KNOWN_TRIGGERS = ("INVPCID type 2/3", "CR4.PGE toggle")
+
+
+def _choose(rng, sim, avoid_known=False) -> dict:
+    """One concrete event for the vCPU's current state."""
+    vcpu = sim.kvm.vcpus[0]
+    kind = rng.choices([k for k, _ in WEIGHTS], [w for _, w in WEIGHTS])[0]
+    addr = rng.choice(DEFAULT_ADDRS)
+    if kind == "access":
+        return {"op": "access", "addr": hex(addr)}
+    if kind == "mov_cr3":
+        space = rng.choice(SPACES)
+        if not vcpu.cr4 & X86_CR4_PCIDE:
+            return {"op": "mov_cr3", "value": hex(space)}
+        return {"op": "mov_cr3",
+                "value": hex(space | rng.randrange(3) | (rng.random() < 0.5) << 63)}
+    if kind == "write_pte":
+        space = rng.choice(SPACES)
+        old = sim.kvm.guest.read(space >> 12, addr)
+        frame = FRAMES[0] if old is None or (old >> 12) & 0xFFFFFFFFFF != FRAMES[0] else FRAMES[1]
+        value = pte(frame, user=addr != KERNEL_A, glob=addr == KERNEL_A)
+        if rng.random() < 0.15:
+            value &= ~PTE_P
+        return {"op": "write_pte", "cr3": hex(space), "addr": hex(addr), "value": hex(value)}
+    if kind == "invlpg":
+        return {"op": "invlpg", "addr": hex(addr)}
+    if kind == "cr4":
+        bit = rng.choice(("PCIDE", "PAE", "SMEP") if avoid_known else ("PCIDE", "PGE", "PAE", "SMEP"))
+        return {"op": "mov_cr4", "clear" if vcpu.cr4 & _bit("cr4", bit) else "set": [bit]}
+    if kind == "cr0":
+        bit = rng.choice(("WP", "PG"))
+        return {"op": "mov_cr0", "clear" if vcpu.cr0 & _bit("cr0", bit) else "set": [bit]}
+    if kind == "invpcid":
+        return {"op": "invpcid", "type": rng.randrange(2 if avoid_known else 4),
+                "pcid": rng.randrange(3), "addr": hex(addr)}
+    if kind == "smm":
+        return {"op": "rsm" if vcpu.smm else "smi"}
+    return {"op": "init"}
+
+
+def _after(raw, start) -> list:
+    """Events a program adds after one it chose: after an INIT, userspace puts
+    the vCPU back in its start state (KVM_SET_SREGS) so the program goes on."""
+    if raw["op"] == "init":
+        return [{"op": "set_sregs", **{k: hex(v) for k, v in PRESETS[start].registers().items()}}]
+    return []
+
+
+def _bit(reg, name):
+    from .registers import bit_by_name
+    return bit_by_name(reg, name)
+
+
+def run_program(era, mode, vendor, start, events):
+    """Replay concrete events; (step index, violations) of the first violation."""
+    sim = Simulation(era, mode, vendor, 1, PRESETS[start].registers(), trace=False)
+    for i, raw in enumerate(events):
+        out = sim.step(parse_event(raw, f"events[{i}]", 1))
+        if out["violations"]:
+            return i, out["violations"]
+    return None
+
+
+def random_program(era, mode, vendor, rng, length, avoid_known=False):
+    """Generate and run one program; (start, events, first violation or None)."""
+    start = rng.choice(STARTS)
+    sim = Simulation(era, mode, vendor, 1, PRESETS[start].registers(), trace=False)
+    events = []
+    while len(events) < length:
+        chosen = _choose(rng, sim, avoid_known)
+        for raw in [chosen] + _after(chosen, start):
+            events.append(raw)
+            out = sim.step(parse_event(raw, f"events[{len(events) - 1}]", 1))
+            if out["violations"]:
+                return start, events, (len(events) - 1, out["violations"])
+    return start, events, None
+
+
+def shrink(era, mode, vendor, start, events, baseline=None):
+    """Delta debugging: the shortest sublist that still shows a violation (one
+    that ``baseline``, if given, does not show)."""
+    def bad(evs):
+        return (run_program(era, mode, vendor, start, evs) is not None
+                and (baseline is None or run_program(baseline, mode, vendor, start, evs) is None))
+    events = list(events)
+    chunk = max(1, len(events) // 2)
+    while chunk >= 1:
+        i, changed = 0, False
+        while i < len(events):
+            candidate = events[:i] + events[i + chunk:]
+            if candidate and bad(candidate):
+                events, changed = candidate, True
+            else:
+                i += chunk
+        if not changed:
+            chunk //= 2
+    return events
+
+
+def find_violation(era, mode, vendor="vmx", examples=1000, length=30, seed=0,
+                   avoid_known=False, baseline=None):
+    """Run up to ``examples`` random programs; the shrunk first violation as
+    (start, events, (step, violations)), or None - paired with the number of
+    programs run.  With ``baseline`` (an era), only violations that the
+    baseline does not show on the same program count."""
+    era_obj = get_era(era) if isinstance(era, str) else era
+    base = get_era(baseline) if isinstance(baseline, str) else baseline
+    rng = random.Random(f"{era_obj.name}/{mode}/{vendor}/{seed}")
+    for n in range(1, examples + 1):
+        start, events, found = random_program(era_obj, mode, vendor, rng, length, avoid_known)
+        if found is None:
+            continue
+        events = events[:found[0] + 1]
+        if base is not None and run_program(base, mode, vendor, start, events) is not None:
+            continue
+        small = shrink(era_obj, mode, vendor, start, events, base)
+        return (start, small, run_program(era_obj, mode, vendor, start, small)), n
+    return None, examples
+
+
+def reproduction(era, mode, vendor, found) -> dict:
+    """The shrunk program as a scenario file that ``run`` replays."""
+    start, events, (step, viol) = found
+    v = viol[0]
+    return {
+        "name": f"check-{era}-{mode}",
+        "description": (f"Shortest program found by 'check' under {era}/{mode}/{vendor}: after "
+                        f"step {step} the guest can use {v['stale']} for {v['addr']} "
+                        f"(PCID {v['pcid']}, from the {v['source']}), which step "
+                        f"{v['invalidated_by_step']} should have invalidated; its tables say "
+                        f"{v['expected']}."),
+        "era": era, "mode": mode, "vendor": vendor, "vcpus": 1, "start": start,
+        "events": events,
+    }
