@@ -95,3 +95,11 @@ def test_guest_fault_is_a_result_not_an_error():
     r = cli("run", "scenarios/illegal-writes.json", "--json")
     assert r.returncode == 0
     assert json.loads(r.stdout)["steps"][0]["fault"] == "GP"
+
+
+def test_quiz_subcommand_is_seeded_and_shows_answers_with_c():
+    a, b = cli("quiz", "-s", "7", "-n", "2"), cli("quiz", "-s", "7", "-n", "2")
+    assert a.returncode == 0 and a.stdout == b.stdout and a.stdout.startswith("ARG seed 7")
+    c = cli("quiz", "-s", "7", "-n", "2", "-c")
+    assert "kernel calls" in c.stdout and "kernel calls" not in a.stdout
+    assert cli("quiz", "-s", "7", "-n", "0").returncode == 2
