@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mmu_model import Simulation                      # noqa: E402
-from mmu_model.registers import EFER, PRESETS, X86_CR0, X86_CR4   # noqa: E402
+from mmu_model import Simulation  # noqa: E402
+from mmu_model.registers import EFER, PRESETS, X86_CR0, X86_CR4  # noqa: E402
 
 
 def workload(n: int, vcpus: int, seed: int = 1) -> list[dict]:
@@ -52,10 +52,10 @@ def workload(n: int, vcpus: int, seed: int = 1) -> list[dict]:
     return events
 
 
-def measure(era, mode, events, vcpus, trace, record=True):
+def measure(era, mode, events, vcpus, trace, record=True, check=False):
     p = PRESETS["long-mode-pcid"]
     start = {"cr0": p.cr0, "cr3": p.cr3, "cr4": p.cr4, "efer": p.efer}
-    sim = Simulation(era, mode, "vmx", vcpus, start, trace=trace, record=record)
+    sim = Simulation(era, mode, "vmx", vcpus, start, trace=trace, record=record, check=check)
     gc.collect()
     t0 = time.perf_counter()
     for ev in events:
@@ -82,8 +82,12 @@ def main(argv=None):
             tag = "on" if trace else "off"
             print(f"{args.era}_{mode}_trace_{tag}_rate: {rate:,.0f} events/s")
             del sim
+        # What the CLI and notebooks run: trace and the architectural checker on.
+        rate, sim = measure(args.era, mode, events, args.vcpus, True, check=True)
+        print(f"{args.era}_{mode}_trace_and_checker_rate: {rate:,.0f} events/s")
+        del sim
     tracemalloc.start()
-    _rate, sim = measure(args.era, "shadow", events, args.vcpus, True)
+    _rate, sim = measure(args.era, "shadow", events, args.vcpus, True, check=True)
     _cur, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     print(f"{args.era}_shadow_trace_on_peak_memory: {peak / 2**20:.1f} MiB")

@@ -12,8 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from .registers import (EFER_LME, EFER_NX, X86_CR0_PG, X86_CR0_WP, X86_CR4_PAE, X86_CR4_PCIDE,
-                        X86_CR4_PGE, X86_CR4_SMEP)
+from .registers import (
+    EFER_LME,
+    EFER_NX,
+    X86_CR0_PG,
+    X86_CR0_WP,
+    X86_CR4_PAE,
+    X86_CR4_PCIDE,
+    X86_CR4_PGE,
+    X86_CR4_SMEP,
+)
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,17 @@ from __future__ import annotations
 
 from .guest import PTE_P, ArchTlb, GuestMemory, HwTlb, describe
 from .mmu import is_noncanonical_address, page_for_addr
-from .registers import (EFER_LMA, PAGE_SHIFT, X86_CR0_PG, X86_CR3_PCID_MASK,
-                        X86_CR3_PCID_NOFLUSH, X86_CR4_PAE, X86_CR4_PCIDE, X86_CR4_PGE,
-                        X86_CR4_SMEP)
+from .registers import (
+    EFER_LMA,
+    PAGE_SHIFT,
+    X86_CR0_PG,
+    X86_CR3_PCID_MASK,
+    X86_CR3_PCID_NOFLUSH,
+    X86_CR4_PAE,
+    X86_CR4_PCIDE,
+    X86_CR4_PGE,
+    X86_CR4_SMEP,
+)
 from .vendor import hw_tag
 
 

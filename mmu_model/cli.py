@@ -81,22 +81,37 @@ def load_variants(paths) -> str | None:
     return None
 
 
+def _unknown_era(names, where="--era") -> str | None:
+    """None if every name is an era, else the error line for the first that is not."""
+    for name in names:
+        try:
+            get_era(name)
+        except KeyError as err:
+            return f"{where}: {err.args[0]}"
+    return None
+
+
+def _load(args):
+    """(scenario, None) or (None, error line) after loading --variants files."""
+    err = load_variants(getattr(args, "variants", []))
+    if err:
+        return None, err
+    try:
+        return load_scenario(args.scenario), None
+    except ScenarioError as err:
+        return None, f"{args.scenario}: {err}"
+
+
 def cmd_run(args) -> int:
-    err = load_variants(args.variants)
+    scenario, err = _load(args)
+    if err:
+        return _fail(err)
+    era_name = args.era or scenario.era or DEFAULT_ERA
+    err = _unknown_era([era_name], "--era" if args.era else f"{args.scenario}: era")
     if err:
         return _fail(err)
     try:
-        scenario = load_scenario(args.scenario)
-    except ScenarioError as err:
-        return _fail(f"{args.scenario}: {err}")
-    era_name = args.era or scenario.era or DEFAULT_ERA
-    try:
-        era = get_era(era_name)
-    except KeyError as err:
-        where = "--era" if args.era else f"{args.scenario}: era"
-        return _fail(f"{where}: {err.args[0]}")
-    try:
-        doc = run_scenario(scenario, era, args.mode, args.vendor)
+        doc = run_scenario(scenario, get_era(era_name), args.mode, args.vendor)
     except ScenarioError as err:
         return _fail(f"{args.scenario}: {err}")
     if args.json:
@@ -112,18 +127,10 @@ def cmd_run(args) -> int:
 
 def cmd_compare(args) -> int:
     from .compare import compare, compare_table
-    err = load_variants(args.variants)
+    scenario, err = _load(args)
+    err = err or _unknown_era(args.era)
     if err:
         return _fail(err)
-    try:
-        scenario = load_scenario(args.scenario)
-    except ScenarioError as err:
-        return _fail(f"{args.scenario}: {err}")
-    for name in args.era:
-        try:
-            get_era(name)
-        except KeyError as err:
-            return _fail(f"--era: {err.args[0]}")
     runs = [(e, m, v) for e in args.era for m in (args.mode or [scenario.mode])
             for v in (args.vendor or [scenario.vendor])]
     try:
@@ -140,13 +147,10 @@ def _positive(n, flag):
 
 def cmd_check(args) -> int:
     from .search import find_violation, reproduction
-    err = load_variants(args.variants) or _positive(args.examples, "--examples")
+    err = (load_variants(args.variants) or _positive(args.examples, "--examples")
+           or _unknown_era([args.era]))
     if err:
         return _fail(err)
-    try:
-        get_era(args.era)
-    except KeyError as e:
-        return _fail(f"--era: {e.args[0]}")
     found, n = find_violation(args.era, args.mode, args.vendor, examples=args.examples,
                               seed=args.seed, avoid_known=args.avoid_known)
     if found is None:
@@ -158,13 +162,9 @@ def cmd_check(args) -> int:
 
 def cmd_ablate(args) -> int:
     from .ablate import DECISIONS, ablation_table, ablation_text
-    err = _positive(args.examples, "--examples")
+    err = _positive(args.examples, "--examples") or _unknown_era([args.era])
     if err:
         return _fail(err)
-    try:
-        get_era(args.era)
-    except KeyError as e:
-        return _fail(f"--era: {e.args[0]}")
     if args.era not in DECISIONS:
         return _fail(f"--era: no decision list for {args.era!r} (have: {', '.join(DECISIONS)})")
     rows = ablation_table(args.era, tuple(args.mode or ("shadow", "tdp", "tdp-legacy")),

@@ -14,11 +14,18 @@ from functools import lru_cache
 
 from . import era_v5_17
 from .era_v5_17 import PAGE_ROLE_FIELDS_V5, V5_17
-from .roles import (KvmCpuRole, RoleRegs, calc_mmu_role_ext, guest_paging_level, is_cr0_pg,
-                    is_cr4_pae, role_regs)
 from .kvm import KVM_MMU_NUM_PREV_ROOTS, KVM_MMU_ROOT_PREVIOUS
-from .registers import X86_CR4_PCIDE, X86_CR4_PGE, PAGE_SHIFT
+from .registers import PAGE_SHIFT, X86_CR4_PCIDE, X86_CR4_PGE
 from .requests import KVM_REQ, kvm_make_request
+from .roles import (
+    KvmCpuRole,
+    RoleRegs,
+    calc_mmu_role_ext,
+    guest_paging_level,
+    is_cr0_pg,
+    is_cr4_pae,
+    role_regs,
+)
 
 # mmu.h (v5.15): PGE was still a role bit (a91a7c709600 removed it in v5.16).
 KVM_MMU_CR4_ROLE_BITS_V5_15 = V5_17.cr4_role_bits | X86_CR4_PGE

@@ -17,15 +17,35 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from .eras import Era
 from .era_v6_18 import KVM_MMU_CR0_ROLE_BITS, KVM_MMU_CR4_ROLE_BITS
-from .kvm import KVM_MMU_NUM_PREV_ROOTS, KVM_MMU_ROOT_CURRENT, KVM_MMU_ROOT_PREVIOUS
-from .registers import (EFER, EFER_NX, X86_CR4_LA57, X86_CR4_PCIDE, X86_CR4_PGE, X86_CR4_SMAP, X86_CR4_SMEP)
+from .eras import Era
+from .kvm import KVM_MMU_NUM_PREV_ROOTS, KVM_MMU_ROOT_CURRENT
+from .registers import (
+    EFER_NX,
+    X86_CR4_LA57,
+    X86_CR4_PCIDE,
+    X86_CR4_PGE,
+    X86_CR4_SMAP,
+    X86_CR4_SMEP,
+)
 from .requests import KVM_REQ, kvm_make_request
-from .roles import (ACC_ALL, PT32E_ROOT_LEVEL, PT64_ROOT_4LEVEL, PT64_ROOT_5LEVEL,
-                    TDP_ROOT_LEVEL, KvmCpuRole, RoleRegs, calc_mmu_role_ext,
-                    guest_paging_level, intern_role, is_cr0_pg, is_cr0_wp, is_cr4_pae,
-                    is_efer_lma, role_regs)
+from .roles import (
+    ACC_ALL,
+    PT32E_ROOT_LEVEL,
+    PT64_ROOT_4LEVEL,
+    PT64_ROOT_5LEVEL,
+    TDP_ROOT_LEVEL,
+    KvmCpuRole,
+    RoleRegs,
+    calc_mmu_role_ext,
+    guest_paging_level,
+    intern_role,
+    is_cr0_pg,
+    is_cr0_wp,
+    is_cr4_pae,
+    is_efer_lma,
+    role_regs,
+)
 
 PAGE_ROLE_FIELDS_V5 = ("level", "has_4_byte_gpte", "quadrant", "direct", "access", "invalid",
                        "efer_nx", "cr0_wp", "smep_andnot_wp", "smap_andnot_wp", "ad_disabled",

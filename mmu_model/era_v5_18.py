@@ -54,12 +54,8 @@ def kvm_post_set_cr0(vcpu, old_cr0, cr0):
         vcpu.ops.kvm_mmu_reset_context(vcpu)
 
 
-def kvm_mmu_reload(vcpu):
-    """Mirrors: arch/x86/kvm/mmu.h: kvm_mmu_reload() (before v6.x moved the
-    obsolete-roots check into it)."""
-    if vcpu.mmu.root.hpa is not None:
-        return
-    vcpu.ops.kvm_mmu_load(vcpu)
+# kvm_mmu_reload() did not check KVM_REQ_MMU_FREE_OBSOLETE_ROOTS yet.
+kvm_mmu_reload = era_v5_17.kvm_mmu_reload
 
 
 V5_18 = replace(

@@ -9,10 +9,34 @@ from dataclasses import replace
 from functools import lru_cache
 
 from .eras import Era
-from .registers import (EFER_LME, EFER_NX, X86_CR0_PG, X86_CR0_WP, X86_CR4_LA57, X86_CR4_PAE, X86_CR4_PKE, X86_CR4_PSE, X86_CR4_SMAP, X86_CR4_SMEP)
-from .roles import (ACC_ALL, PT32_ROOT_LEVEL, PT32E_ROOT_LEVEL, PT64_ROOT_4LEVEL,
-                    PT64_ROOT_5LEVEL, TDP_ROOT_LEVEL, KvmCpuRole, RoleRegs, calc_mmu_role_ext,
-                    intern_role, is_cr0_pg, is_cr0_wp, is_cr4_pae, is_efer_lma)
+from .registers import (
+    EFER_LME,
+    EFER_NX,
+    X86_CR0_PG,
+    X86_CR0_WP,
+    X86_CR4_LA57,
+    X86_CR4_PAE,
+    X86_CR4_PKE,
+    X86_CR4_PSE,
+    X86_CR4_SMAP,
+    X86_CR4_SMEP,
+)
+from .roles import (
+    ACC_ALL,
+    PT32_ROOT_LEVEL,
+    PT32E_ROOT_LEVEL,
+    PT64_ROOT_4LEVEL,
+    PT64_ROOT_5LEVEL,
+    TDP_ROOT_LEVEL,
+    KvmCpuRole,
+    RoleRegs,
+    calc_mmu_role_ext,
+    intern_role,
+    is_cr0_pg,
+    is_cr0_wp,
+    is_cr4_pae,
+    is_efer_lma,
+)
 
 # mmu.h, unchanged from v5.18 to v6.18
 KVM_MMU_CR0_ROLE_BITS = int(X86_CR0_PG | X86_CR0_WP)

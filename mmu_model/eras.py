@@ -146,13 +146,13 @@ def _load_builtin():
     global _loaded
     if not _loaded:
         _loaded = True
-        from .era_v5_15 import V5_15
-        from .era_v5_17 import V5_17
-        from .era_seed import REVIEW_SKETCH, SEED_V1, SEED_V2
-        from .era_v5_18 import V5_18, V5_19
-        from .era_v6_18 import V6_4, V6_18
         # In kernel order; the two variants from the review come last.
         from .ablate import NO_PCIDE_UNLOAD
+        from .era_seed import REVIEW_SKETCH, SEED_V1, SEED_V2
+        from .era_v5_15 import V5_15
+        from .era_v5_17 import V5_17
+        from .era_v5_18 import V5_18, V5_19
+        from .era_v6_18 import V6_4, V6_18
         for era in (V5_15, V5_17, SEED_V1, V5_18, V5_19, V6_4, V6_18, SEED_V2, REVIEW_SKETCH,
                     NO_PCIDE_UNLOAD):
             ERAS.setdefault(era.name, era)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
-from .registers import (ALL_FEATURES, X86_CR3_PCID_MASK, X86_CR4_PCIDE)
+from .registers import ALL_FEATURES, X86_CR3_PCID_MASK, X86_CR4_PCIDE
 from .roles import KvmCpuRole, KvmMmuPageRole
 
 KVM_MMU_NUM_PREV_ROOTS = 3

@@ -11,13 +11,21 @@ pages are never unsync (there is no guest memory to write).
 """
 from __future__ import annotations
 
-from .kvm import (KVM_MMU_NUM_PREV_ROOTS, KVM_MMU_ROOT_CURRENT, KVM_MMU_ROOT_INFO_INVALID,
-                  KVM_MMU_ROOT_PREVIOUS, KVM_MMU_ROOTS_ALL, KvmMmuPage, KvmMmuRootInfo,
-                  KvmPaeRoot, PREV_ROOT_FLAGS, root_to_sp)
-from .registers import (PAGE_SHIFT, X86_CR4_LA57)
+from .kvm import (
+    KVM_MMU_NUM_PREV_ROOTS,
+    KVM_MMU_ROOT_CURRENT,
+    KVM_MMU_ROOT_INFO_INVALID,
+    KVM_MMU_ROOT_PREVIOUS,
+    KVM_MMU_ROOTS_ALL,
+    PREV_ROOT_FLAGS,
+    KvmMmuPage,
+    KvmMmuRootInfo,
+    KvmPaeRoot,
+    root_to_sp,
+)
+from .registers import PAGE_SHIFT, X86_CR4_LA57
 from .requests import KVM_REQ, kvm_check_request, kvm_make_request
 from .roles import PT32_ROOT_LEVEL, PT32E_ROOT_LEVEL, PT64_ROOT_4LEVEL, role_regs
-
 
 # ---------------------------------------------------------------------------
 # Freeing roots

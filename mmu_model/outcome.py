@@ -3,7 +3,8 @@
 Extensions beyond the contract's listed fields, all additive: ``reason``
 (why a fault or no exit), ``call_depth`` (parallel to ``calls``, for
 function-graph rendering), ``registers`` (after the step), ``root.kind`` and
-``root.entries`` (the four pages of a special root), ``counts`` (per-step resets, roots allocated, cache and hash hits),
+``root.entries`` (the four pages of a special root), ``counts`` (per-step resets,
+roots allocated, cache and hash hits),
 ``totals.hash_hits``.
 """
 from __future__ import annotations

@@ -29,7 +29,8 @@ def event_label(ev: dict) -> str:
     if op == "invlpg":
         return f"invlpg {ev['addr']:#x}"
     if op == "invpcid":
-        return f"invpcid type={ev['type']} pcid={ev['pcid']}" + (f" addr={ev['addr']:#x}" if ev["type"] == 0 else "")
+        addr = f" addr={ev['addr']:#x}" if ev["type"] == 0 else ""
+        return f"invpcid type={ev['type']} pcid={ev['pcid']}{addr}"
     if op == "access":
         return f"access {ev['addr']:#x}"
     if op == "write_pte":

@@ -15,7 +15,18 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
 
-from .registers import (EFER_LMA, EFER_NX, X86_CR0_PG, X86_CR0_WP, X86_CR4_LA57, X86_CR4_PAE, X86_CR4_PKE, X86_CR4_PSE, X86_CR4_SMAP, X86_CR4_SMEP)
+from .registers import (
+    EFER_LMA,
+    EFER_NX,
+    X86_CR0_PG,
+    X86_CR0_WP,
+    X86_CR4_LA57,
+    X86_CR4_PAE,
+    X86_CR4_PKE,
+    X86_CR4_PSE,
+    X86_CR4_SMAP,
+    X86_CR4_SMEP,
+)
 
 # mmu.h levels
 PT32_ROOT_LEVEL = 2

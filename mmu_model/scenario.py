@@ -95,7 +95,8 @@ def _int(value: Any, path: str, bits: int = 64) -> int:
         try:
             n = int(value, 0)
         except ValueError:
-            raise ScenarioError(path, f"not a number: {value!r} (use an integer or a string like \"0x1000\")") from None
+            raise ScenarioError(path, f"not a number: {value!r} "
+                                      "(use an integer or a string like \"0x1000\")") from None
     else:
         raise ScenarioError(path, f"expected an integer or hex string, got {json.dumps(value)}")
     if n < 0 or n >> bits:
@@ -249,5 +250,6 @@ def load_scenario(path: str | Path) -> Scenario:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ScenarioError("$", f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+        raise ScenarioError("$", f"not valid JSON: {err.msg} at line {err.lineno} "
+                                 f"column {err.colno}") from None
     return parse_scenario(data, default_name=p.stem)

@@ -7,15 +7,14 @@ kernel thing, so its names are ordinary words.
 """
 from __future__ import annotations
 
+from . import checker, vendor, x86
 from .eras import DEFAULT_ERA, Era, get_era
 from .kvm import Kvm, StepLog
+from .mmu import is_noncanonical_address
 from .outcome import add_to_totals, empty_totals, step_outcome
-from .registers import (X86_CR3_PCID_NOFLUSH, X86_CR4_PCIDE, X86_FEATURE)
-from .requests import KVM_REQ, kvm_make_request
+from .registers import X86_CR3_PCID_NOFLUSH, X86_CR4_PCIDE, X86_FEATURE
 from .scenario import Scenario, ScenarioError, parse_event, parse_start
 from .trace import Trace
-from . import checker, vendor, x86
-from .mmu import is_noncanonical_address
 
 
 class Simulation:

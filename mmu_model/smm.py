@@ -5,7 +5,15 @@ state-save area is modelled as the four paging registers that RSM restores.
 """
 from __future__ import annotations
 
-from .registers import (EFER, EFER_LMA, X86_CR0_EM, X86_CR0_PE, X86_CR0_PG, X86_CR0_TS, X86_CR4_PAE, X86_CR4_PCIDE)
+from .registers import (
+    EFER_LMA,
+    X86_CR0_EM,
+    X86_CR0_PE,
+    X86_CR0_PG,
+    X86_CR0_TS,
+    X86_CR4_PAE,
+    X86_CR4_PCIDE,
+)
 from .requests import KVM_REQ, kvm_make_request
 
 

@@ -7,7 +7,28 @@ flush_tlb_gva, flush_tlb_all).
 """
 from __future__ import annotations
 
-from .registers import (EFER_LMA, EFER_LME, X86_CR0_CD, X86_CR0_MP, X86_CR0_NW, X86_CR0_PG, X86_CR0_TS, X86_CR0_WP, X86_CR4_DE, X86_CR4_FSGSBASE, X86_CR4_OSFXSR, X86_CR4_OSXMMEXCPT, X86_CR4_PAE, X86_CR4_PCE, X86_CR4_PCIDE, X86_CR4_PGE, X86_CR4_PSE, X86_CR4_PVI, X86_CR4_SMEP, X86_CR4_TSD)
+from .registers import (
+    EFER_LMA,
+    EFER_LME,
+    X86_CR0_CD,
+    X86_CR0_MP,
+    X86_CR0_NW,
+    X86_CR0_PG,
+    X86_CR0_TS,
+    X86_CR0_WP,
+    X86_CR4_DE,
+    X86_CR4_FSGSBASE,
+    X86_CR4_OSFXSR,
+    X86_CR4_OSXMMEXCPT,
+    X86_CR4_PAE,
+    X86_CR4_PCE,
+    X86_CR4_PCIDE,
+    X86_CR4_PGE,
+    X86_CR4_PSE,
+    X86_CR4_PVI,
+    X86_CR4_SMEP,
+    X86_CR4_TSD,
+)
 
 
 def set_cr0(vcpu, cr0):

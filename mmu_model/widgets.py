@@ -430,7 +430,8 @@ def role_html(state: LabState, vcpu: int = 0) -> str:
             f'border:{"3px solid #D55E00" if ch else "1px solid #ccc"};'
             f'{"font-weight:700" if ch else ""}">{_e(int(v) if isinstance(v, bool) else v)}'
             f'{" ◀ changed" if ch else ""}</td>' for v, ch in vals)
-        body += f'<tr><td style="padding:2px 6px;border:1px solid #ccc;font-family:monospace">{field}</td>{tds}</tr>'
+        cell = "padding:2px 6px;border:1px solid #ccc;font-family:monospace"
+        body += f'<tr><td style="{cell}">{field}</td>{tds}</tr>'
     return (f'<table class="mmu-roles" style="{BOX}border-collapse:collapse"><tr>'
             f'<th style="padding:2px 6px;border:1px solid #ccc">field</th>{th}</tr>{body}</table>')
 
@@ -451,7 +452,8 @@ def eras_role_html(regs: dict) -> str:
                      f'efer_nx={int(tdp_role.efer_nx)}</td></tr>')
     head = ("<tr><th>era</th><th>role bits (CR0, CR4, EFER)</th>"
             "<th>TDP root role for these registers</th></tr>")
-    return f'<table class="mmu-era-roles" style="{BOX}border-collapse:collapse">{head}{"".join(lines)}</table>'
+    rows = "".join(lines)
+    return f'<table class="mmu-era-roles" style="{BOX}border-collapse:collapse">{head}{rows}</table>'
 
 
 # ---------------------------------------------------------------------------

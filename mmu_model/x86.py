@@ -8,10 +8,35 @@ except what the kernel itself does first (load_pdptrs()).
 """
 from __future__ import annotations
 
-from .kvm import KVM_MMU_ROOT_CURRENT, KVM_MMU_ROOT_PREVIOUS, KVM_MMU_NUM_PREV_ROOTS
-from .registers import (CR0_KNOWN, CR4_FEATURE_GATES, CR4_GATED, CR4_KNOWN, CR4_NEVER, EFER, EFER_KNOWN, EFER_LMA, EFER_LME, GUEST_MAXPHYADDR, PAGE_SHIFT, X86_CR0_CD, X86_CR0_ET, X86_CR0_NW, X86_CR0_PDPTR_BITS, X86_CR0_PE, X86_CR0_PG, X86_CR0_WP, X86_CR3_PCID_MASK, X86_CR3_PCID_NOFLUSH, X86_CR4_LA57, X86_CR4_PAE, X86_CR4_PCIDE, X86_CR4_PDPTR_BITS, X86_CR4_PGE, X86_CR4_SMEP, X86_FEATURE)
+from .kvm import KVM_MMU_NUM_PREV_ROOTS, KVM_MMU_ROOT_CURRENT, KVM_MMU_ROOT_PREVIOUS
+from .registers import (
+    CR0_KNOWN,
+    CR4_FEATURE_GATES,
+    CR4_GATED,
+    CR4_KNOWN,
+    CR4_NEVER,
+    EFER_KNOWN,
+    EFER_LMA,
+    EFER_LME,
+    GUEST_MAXPHYADDR,
+    PAGE_SHIFT,
+    X86_CR0_CD,
+    X86_CR0_ET,
+    X86_CR0_NW,
+    X86_CR0_PDPTR_BITS,
+    X86_CR0_PE,
+    X86_CR0_PG,
+    X86_CR0_WP,
+    X86_CR3_PCID_MASK,
+    X86_CR3_PCID_NOFLUSH,
+    X86_CR4_LA57,
+    X86_CR4_PAE,
+    X86_CR4_PCIDE,
+    X86_CR4_PDPTR_BITS,
+    X86_CR4_PGE,
+    X86_CR4_SMEP,
+)
 from .requests import KVM_REQ, kvm_check_request, kvm_clear_request, kvm_make_request
-
 
 # ---------------------------------------------------------------------------
 # Mode predicates (arch/x86/kvm/x86.h, kvm_cache_regs.h)

@@ -13,8 +13,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mmu_model import load_scenario, run_scenario          # noqa: E402
-from mmu_model.render import step_graph, step_table         # noqa: E402
+from mmu_model import load_scenario, run_scenario  # noqa: E402
+from mmu_model.render import step_graph, step_table  # noqa: E402
 
 GOLDEN = ROOT / "tests" / "golden"
 ERAS = ("v5.15", "v5.17", "seed-v1", "v5.18", "v5.19", "v6.4", "v6.18", "seed-v2", "review-sketch")

@@ -10,7 +10,6 @@
 import json
 
 import pytest
-
 from conftest import SCENARIOS, run
 
 from mmu_model import Simulation, all_eras, load_scenario, run_scenario

@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 
@@ -63,7 +62,8 @@ BAD = [
     ({"start": "longmode"}, "start: unknown preset 'longmode'"),
     ({"start": {"cr0": "0x80000001", "efer": "0x500"}}, "start: not a valid starting state"),
     ({"vcpus": 0}, "vcpus: expected an integer from 1 to 64"),
-    ({"events": [{"op": "write_pte", "addr": 0, "value": 1}]}, "events[0].cr3: missing: write_pte needs 'cr3'"),
+    ({"events": [{"op": "write_pte", "addr": 0, "value": 1}]},
+     "events[0].cr3: missing: write_pte needs 'cr3'"),
 ]
 
 
@@ -88,7 +88,8 @@ def test_not_json_and_missing_file(tmp_path):
 
 def test_unknown_era_names_the_flag():
     r = cli("run", "scenarios/init.json", "--era", "v9.99")
-    assert r.returncode == 2 and r.stderr.startswith("--era: unknown era 'v9.99' (expected one of: v5.15, v5.17")
+    assert r.returncode == 2
+    assert r.stderr.startswith("--era: unknown era 'v9.99' (expected one of: v5.15, v5.17")
 
 
 def test_guest_fault_is_a_result_not_an_error():

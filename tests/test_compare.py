@@ -1,7 +1,7 @@
 """compare: the grsecurity claims of the eras issue, the command line, JSON."""
 import json
 
-from conftest import ROOT, SCENARIOS
+from conftest import SCENARIOS
 from test_cli import cli
 
 from mmu_model import load_scenario

@@ -1,6 +1,5 @@
 """The core model imports no UI library and prints nothing."""
 import ast
-from pathlib import Path
 
 from conftest import ROOT
 

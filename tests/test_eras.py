@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, run
 
 from mmu_model import Simulation, all_eras, get_era, register_era

@@ -1,9 +1,17 @@
 """Every library scenario, under both eras and the three modes, matches its
 committed golden trace (tests/golden/<scenario>/<era>-<mode>-<vendor>.txt)."""
 import pytest
-
-from golden import (ABLATION_ERAS, ablation_path, cases, compare_path, history_cases, path_for,
-                    render, render_ablation, render_compare)
+from golden import (
+    ABLATION_ERAS,
+    ablation_path,
+    cases,
+    compare_path,
+    history_cases,
+    path_for,
+    render,
+    render_ablation,
+    render_compare,
+)
 
 CASES = list(cases())
 HISTORY = list(history_cases())

@@ -4,12 +4,18 @@ import pytest
 matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt                                     # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+from conftest import SCENARIOS  # noqa: E402
 
-from conftest import SCENARIOS                                      # noqa: E402
-from mmu_model import load_scenario, run_scenario                   # noqa: E402
-from mmu_model.plots import (counts_table, plot_counts, plot_timeline,  # noqa: E402
-                             root_lifetimes, vcpu_table, workload)
+from mmu_model import load_scenario, run_scenario  # noqa: E402
+from mmu_model.plots import (  # noqa: E402
+    counts_table,
+    plot_counts,
+    plot_timeline,
+    root_lifetimes,
+    vcpu_table,
+    workload,
+)
 
 
 def steps(name, era="v6.18", mode="shadow"):

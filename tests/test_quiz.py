@@ -1,8 +1,7 @@
 """The seeded quiz: reproducible, and its answers are the model's."""
 import io
 
-from mmu_model import Simulation
-from mmu_model import quiz
+from mmu_model import Simulation, quiz
 from mmu_model.scenario import parse_event
 
 

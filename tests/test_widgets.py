@@ -5,11 +5,21 @@ import pytest
 
 pytest.importorskip("ipywidgets")
 
-from mmu_model import Simulation                                    # noqa: E402
-from mmu_model.widgets import (LabState, bit_tooltip, cache_html, lab, legend_html,  # noqa: E402
-                               predict, role_explorer, root_cache, score, shadow_pane_html,
-                               tdp_pane_html)
-from mmu_model.eras import get_era                                  # noqa: E402
+from mmu_model import Simulation  # noqa: E402
+from mmu_model.eras import get_era  # noqa: E402
+from mmu_model.widgets import (  # noqa: E402
+    LabState,
+    bit_tooltip,
+    cache_html,
+    lab,
+    legend_html,
+    predict,
+    role_explorer,
+    root_cache,
+    score,
+    shadow_pane_html,
+    tdp_pane_html,
+)
 
 
 def states(pane: str) -> list[tuple[str, int]]:

@@ -356,7 +356,8 @@ cache.parts.cache
 
 ## Exercises
 
-1. Turn CR4.PCIDE off with the button. What happens to the cache in v6.18? In v5.17 (`root_cache(era="v5.17")`)?
+1. Turn CR4.PCIDE off with the button. What happens to the cache in v6.18?
+   In v5.17 (`root_cache(era="v5.17")`)?
 2. Predict the slots after CR3=0x1000 now, then click.
 
 ## Checks
@@ -597,7 +598,8 @@ pairs, INVLPG, SMI/RSM), 200 events, with TDP:
 """),
     code("""
 by_vcpus = vcpu_table(["v5.17", "v5.19", "v6.18"], [1, 2, 4, 8], mode="tdp", n=200)
-fig, ax = plt.subplots(figsize=(9, 3.5)); plot_counts(ax, by_vcpus, ylabel="roots built", xlabel="vCPUs"); plt.show()
+fig, ax = plt.subplots(figsize=(9, 3.5))
+plot_counts(ax, by_vcpus, ylabel="roots built", xlabel="vCPUs"); plt.show()
 """),
     md("""
 With one vCPU, v5.17 and v5.19 rebuild the tree after almost every reset. With two or
