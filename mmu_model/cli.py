@@ -48,8 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("--vendor", choices=VENDORS, default="vmx")
     chk.add_argument("--examples", type=int, default=1000, help="programs to try (default 1000)")
     chk.add_argument("--seed", type=int, default=0)
-    chk.add_argument("--avoid-known", action="store_true",
-                     help="leave out the guest-wide flushes behind docs/findings.md")
+    chk.add_argument("--flush-on-reuse", action="store_true",
+                     help="run with force_flush_and_sync_on_reuse=1 (see docs/findings.md)")
     chk.add_argument("--variants", action="append", default=[], metavar="FILE.py")
     abl = sub.add_parser("ablate", help="remove each root unload / flush request in turn and "
                                         "search for violations")
@@ -152,7 +152,7 @@ def cmd_check(args) -> int:
     if err:
         return _fail(err)
     found, n = find_violation(args.era, args.mode, args.vendor, examples=args.examples,
-                              seed=args.seed, avoid_known=args.avoid_known)
+                              seed=args.seed, flush_on_reuse=args.flush_on_reuse)
     if found is None:
         print(f"no violation in {n} programs ({args.era}, {args.mode}, {args.vendor})")
         return 0

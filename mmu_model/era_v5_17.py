@@ -159,6 +159,9 @@ def __kvm_mmu_new_pgd(vcpu, new_pgd, new_role):
         vcpu.ops.kvm_mmu_free_roots(vcpu.kvm, vcpu.mmu, KVM_MMU_ROOT_CURRENT)
         return
     kvm_make_request(KVM_REQ.LOAD_MMU_PGD, vcpu)
+    if vcpu.kvm.era.force_flush_and_sync_on_reuse:
+        kvm_make_request(KVM_REQ.MMU_SYNC, vcpu)
+        kvm_make_request(KVM_REQ.TLB_FLUSH_CURRENT, vcpu)
 
 
 def fast_pgd_switch(vcpu, new_pgd, new_role):

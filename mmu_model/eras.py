@@ -65,6 +65,7 @@ class Era:
     merged: bool = True               # False for posted-but-never-merged patches
     entry_requests: tuple = ()        # extra (KVM_REQ, core name) serviced first at VM entry
     reload_clears: tuple = ()         # requests that KVM_REQ_MMU_RELOAD's unload makes moot
+    force_flush_and_sync_on_reuse: bool = False   # the mmu.c module parameter (default off)
     op_wrapper: Optional[Callable] = None    # ablation: wraps every mirrored function
     suppress_request: Optional[tuple] = None  # ablation: (function, KVM_REQ name) to skip
     parent: Optional[str] = None      # for variants: the era they start from
@@ -113,6 +114,15 @@ class Era:
                        sources=sources or self.sources,
                        inferred=inferred if inferred is not None else self.inferred,
                        overrides={**self.overrides, **(helpers or {}), **functions})
+
+
+def with_flush_on_reuse(era: Era) -> Era:
+    """``era`` run with kvm.ko's ``force_flush_and_sync_on_reuse=1``: a root
+    reused from prev_roots is synced and flushed like a new one."""
+    if era.force_flush_and_sync_on_reuse:
+        return era
+    return replace(era, name=f"{era.name}+flush-on-reuse", force_flush_and_sync_on_reuse=True,
+                   summary=f"{era.name} with force_flush_and_sync_on_reuse=1")
 
 
 ERAS: dict[str, Era] = {}

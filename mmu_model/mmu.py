@@ -232,6 +232,9 @@ def kvm_mmu_new_pgd(vcpu, new_pgd):
     if not vcpu.ops.fast_pgd_switch(vcpu.kvm, mmu, new_pgd, mmu.root_role):
         return
     kvm_make_request(KVM_REQ.LOAD_MMU_PGD, vcpu)
+    if vcpu.kvm.era.force_flush_and_sync_on_reuse:
+        kvm_make_request(KVM_REQ.MMU_SYNC, vcpu)
+        kvm_make_request(KVM_REQ.TLB_FLUSH_CURRENT, vcpu)
 
 
 # ---------------------------------------------------------------------------

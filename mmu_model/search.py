@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 
-from .eras import get_era
+from .eras import get_era, with_flush_on_reuse
 from .guest import DEFAULT_ADDRS, KERNEL_A, PTE_P, pte
 from .registers import PRESETS, X86_CR4_PCIDE
 from .scenario import parse_event
@@ -26,13 +26,7 @@ WEIGHTS = (("access", 4), ("mov_cr3", 4), ("write_pte", 3), ("invlpg", 1), ("cr4
            ("cr0", 1), ("invpcid", 1), ("smm", 1), ("init", 0.3))
 
 
-# The guest-wide flushes that expose the shadow-paging finding of
-# docs/findings.md (a synced cached root survives them, goes stale later, and
-# is reused by a no-flush MOV CR3).  ``avoid_known`` leaves them out.
-KNOWN_TRIGGERS = ("INVPCID type 2/3", "CR4.PGE toggle")
-
-
-def _choose(rng, sim, avoid_known=False) -> dict:
+def _choose(rng, sim) -> dict:
     """One concrete event for the vCPU's current state."""
     vcpu = sim.kvm.vcpus[0]
     kind = rng.choices([k for k, _ in WEIGHTS], [w for _, w in WEIGHTS])[0]
@@ -56,14 +50,14 @@ def _choose(rng, sim, avoid_known=False) -> dict:
     if kind == "invlpg":
         return {"op": "invlpg", "addr": hex(addr)}
     if kind == "cr4":
-        bit = rng.choice(("PCIDE", "PAE", "SMEP") if avoid_known else ("PCIDE", "PGE", "PAE", "SMEP"))
+        bit = rng.choice(("PCIDE", "PGE", "PAE", "SMEP"))
         return {"op": "mov_cr4", "clear" if vcpu.cr4 & _bit("cr4", bit) else "set": [bit]}
     if kind == "cr0":
         bit = rng.choice(("WP", "PG"))
         return {"op": "mov_cr0", "clear" if vcpu.cr0 & _bit("cr0", bit) else "set": [bit]}
     if kind == "invpcid":
-        return {"op": "invpcid", "type": rng.randrange(2 if avoid_known else 4),
-                "pcid": rng.randrange(3), "addr": hex(addr)}
+        return {"op": "invpcid", "type": rng.randrange(4), "pcid": rng.randrange(3),
+                "addr": hex(addr)}
     if kind == "smm":
         return {"op": "rsm" if vcpu.smm else "smi"}
     return {"op": "init"}
@@ -92,13 +86,13 @@ def run_program(era, mode, vendor, start, events):
     return None
 
 
-def random_program(era, mode, vendor, rng, length, avoid_known=False):
+def random_program(era, mode, vendor, rng, length):
     """Generate and run one program; (start, events, first violation or None)."""
     start = rng.choice(STARTS)
     sim = Simulation(era, mode, vendor, 1, PRESETS[start].registers(), trace=False)
     events = []
     while len(events) < length:
-        chosen = _choose(rng, sim, avoid_known)
+        chosen = _choose(rng, sim)
         for raw in [chosen] + _after(chosen, start):
             events.append(raw)
             out = sim.step(parse_event(raw, f"events[{len(events) - 1}]", 1))
@@ -129,16 +123,20 @@ def shrink(era, mode, vendor, start, events, baseline=None):
 
 
 def find_violation(era, mode, vendor="vmx", examples=1000, length=30, seed=0,
-                   avoid_known=False, baseline=None):
+                   flush_on_reuse=False, baseline=None):
     """Run up to ``examples`` random programs; the shrunk first violation as
     (start, events, (step, violations)), or None - paired with the number of
-    programs run.  With ``baseline`` (an era), only violations that the
-    baseline does not show on the same program count."""
+    programs run.  ``flush_on_reuse`` runs the era with kvm.ko's
+    force_flush_and_sync_on_reuse=1 (see docs/findings.md).  With
+    ``baseline`` (an era), only violations that the baseline does not show on
+    the same program count."""
     era_obj = get_era(era) if isinstance(era, str) else era
+    if flush_on_reuse:
+        era_obj = with_flush_on_reuse(era_obj)
     base = get_era(baseline) if isinstance(baseline, str) else baseline
     rng = random.Random(f"{era_obj.name}/{mode}/{vendor}/{seed}")
     for n in range(1, examples + 1):
-        start, events, found = random_program(era_obj, mode, vendor, rng, length, avoid_known)
+        start, events, found = random_program(era_obj, mode, vendor, rng, length)
         if found is None:
             continue
         events = events[:found[0] + 1]
