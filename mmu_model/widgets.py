@@ -344,6 +344,21 @@ def status_html(step) -> str:
             f'<b>{_e(step["root_source"])}</b>.{note}</div>')
 
 
+def violations_html(step) -> str:
+    """The architectural checker's verdict on the last step, when it objects."""
+    if not step or not step.get("violations"):
+        return ""
+    items = "".join(
+        f'<li>vCPU{v["vcpu"]} {_e(v["addr"])} (PCID {v["pcid"]}): the guest can use '
+        f'<b>{_e(v["stale"])}</b> from the {_e(v["source"])}; its tables say '
+        f'{_e(v["expected"])}' + (f'; step {v["invalidated_by_step"]} should have invalidated it'
+                                  if v["invalidated_by_step"] is not None else "") + "</li>"
+        for v in step["violations"])
+    return (f'<div class="mmu-violations" style="{BOX}padding:4px;margin-top:4px;border:3px double '
+            f'#D55E00"><b>⚠ Stale translation</b> (the architecture says it was invalidated):'
+            f'<ul style="margin:2px 0 2px 18px;padding:0">{items}</ul></div>')
+
+
 def totals_html(totals: dict) -> str:
     cells = "".join(f'<td style="padding:1px 6px;border:1px solid #ccc"><span style="color:#444">'
                     f'{_e(k)}</span> <b>{v}</b></td>' for k, v in totals.items())
@@ -372,7 +387,7 @@ def pane_html(sim, step, before, vcpu: int = 0) -> str:
             'min-width:0;overflow:hidden">'
             f'<div style="font-size:15px;font-weight:700">{_e(title)}</div>'
             f'<div style="font-family:monospace;font-size:12px;color:#333">{_e(regline)}</div>'
-            + status_html(step) + slots_html(sim, step, before, vcpu)
+            + status_html(step) + violations_html(step) + slots_html(sim, step, before, vcpu)
             + pool_html(sim, step, before)
             + f'<div style="{BOX}margin-top:4px"><b>Requests raised:</b> '
               f'<span class="mmu-requests">{_e(reqs) or "none"}</span></div>'

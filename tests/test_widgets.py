@@ -174,3 +174,17 @@ def test_predict_scores_against_the_model():
         item.flush.value = "yes" if a["tlb_flushes"] else "no"
         item.reveal.click()
         assert item.score[0] == item.score[1] and "Score" in item.answer.value
+
+
+def test_pane_shows_a_stale_translation():
+    """A checker violation appears in the pane as its own box."""
+    from mmu_model import load_scenario
+    from mmu_model.widgets import LabState, shadow_pane_html
+    from conftest import SCENARIOS
+    sc = load_scenario(SCENARIOS / "noflush-after-full-flush.json")
+    state = LabState("v6.18", "vmx", 1, "long-mode-pcid")
+    for ev in sc.to_json()["events"][:6]:
+        state.apply(ev)
+    html = shadow_pane_html(state)
+    assert 'class="mmu-violations"' in html and "Stale translation" in html
+    assert "frame 0x1004" in html and "step 3 should have invalidated it" in html
