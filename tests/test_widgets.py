@@ -178,9 +178,10 @@ def test_predict_scores_against_the_model():
 
 def test_pane_shows_a_stale_translation():
     """A checker violation appears in the pane as its own box."""
+    from conftest import SCENARIOS
+
     from mmu_model import load_scenario
     from mmu_model.widgets import LabState, shadow_pane_html
-    from conftest import SCENARIOS
     sc = load_scenario(SCENARIOS / "noflush-after-full-flush.json")
     state = LabState("v6.18", "vmx", 1, "long-mode-pcid")
     for ev in sc.to_json()["events"][:6]:
