@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("--vendor", choices=VENDORS, default="vmx")
     chk.add_argument("--examples", type=int, default=1000, help="programs to try (default 1000)")
     chk.add_argument("--seed", type=int, default=0)
+    chk.add_argument("--baseline", metavar="ERA",
+                     help="count only violations this era does not show on the same program")
     chk.add_argument("--flush-on-reuse", action="store_true",
                      help="run with force_flush_and_sync_on_reuse=1 (see docs/findings.md)")
     chk.add_argument("--variants", action="append", default=[], metavar="FILE.py")
@@ -148,11 +150,13 @@ def _positive(n, flag):
 def cmd_check(args) -> int:
     from .search import find_violation, reproduction
     err = (load_variants(args.variants) or _positive(args.examples, "--examples")
-           or _unknown_era([args.era]))
+           or _unknown_era([args.era]) or _unknown_era([args.baseline] if args.baseline else [],
+                                                       "--baseline"))
     if err:
         return _fail(err)
     found, n = find_violation(args.era, args.mode, args.vendor, examples=args.examples,
-                              seed=args.seed, flush_on_reuse=args.flush_on_reuse)
+                              seed=args.seed, flush_on_reuse=args.flush_on_reuse,
+                              baseline=args.baseline)
     if found is None:
         print(f"no violation in {n} programs ({args.era}, {args.mode}, {args.vendor})")
         return 0

@@ -5,7 +5,9 @@ the entry, change mode, switch back without a flush...), which uniformly drawn
 event lists almost never contain.  So the search runs random *guest programs*
 that pick their next action from weighted intentions and adapt it to the
 vCPU's state (no MOV CR3 with PCID bits while PCIDs are off, RSM only in
-SMM), and records the concrete events.  The first program that trips the
+SMM), and records the concrete events.  Each program draws only from a random
+subset of the kinds of action (swarm testing), which makes short motifs much
+more likely.  The first program that trips the
 checker is shrunk by delta debugging: drop chunks, then single events, while
 the violation persists.  Same arguments, same answer.
 """
@@ -26,10 +28,10 @@ WEIGHTS = (("access", 4), ("mov_cr3", 4), ("write_pte", 3), ("invlpg", 1), ("cr4
            ("cr0", 1), ("invpcid", 1), ("smm", 1), ("init", 0.3))
 
 
-def _choose(rng, sim) -> dict:
-    """One concrete event for the vCPU's current state."""
+def _choose(rng, sim, kinds=WEIGHTS, cr4_bits=("PCIDE", "PGE", "PAE", "SMEP")) -> dict:
+    """One concrete event for the vCPU's current state, of one of ``kinds``."""
     vcpu = sim.kvm.vcpus[0]
-    kind = rng.choices([k for k, _ in WEIGHTS], [w for _, w in WEIGHTS])[0]
+    kind = rng.choices([k for k, _ in kinds], [w for _, w in kinds])[0]
     addr = rng.choice(DEFAULT_ADDRS)
     if kind == "access":
         return {"op": "access", "addr": hex(addr)}
@@ -37,8 +39,9 @@ def _choose(rng, sim) -> dict:
         space = rng.choice(SPACES)
         if not vcpu.cr4 & X86_CR4_PCIDE:
             return {"op": "mov_cr3", "value": hex(space)}
-        return {"op": "mov_cr3",
-                "value": hex(space | rng.randrange(3) | (rng.random() < 0.5) << 63)}
+        # Like an OS, mostly one PCID per address space; sometimes any.
+        pcid = SPACES.index(space) if rng.random() < 0.75 else rng.randrange(3)
+        return {"op": "mov_cr3", "value": hex(space | pcid | (rng.random() < 0.5) << 63)}
     if kind == "write_pte":
         space = rng.choice(SPACES)
         old = sim.kvm.guest.read(space >> 12, addr)
@@ -50,7 +53,7 @@ def _choose(rng, sim) -> dict:
     if kind == "invlpg":
         return {"op": "invlpg", "addr": hex(addr)}
     if kind == "cr4":
-        bit = rng.choice(("PCIDE", "PGE", "PAE", "SMEP"))
+        bit = rng.choice(cr4_bits)
         return {"op": "mov_cr4", "clear" if vcpu.cr4 & _bit("cr4", bit) else "set": [bit]}
     if kind == "cr0":
         bit = rng.choice(("WP", "PG"))
@@ -86,13 +89,23 @@ def run_program(era, mode, vendor, start, events):
     return None
 
 
+def _swarm(rng):
+    """Swarm testing: each program uses a random subset of the kinds of action
+    (and of the CR4 bits), so short motifs made of a few kinds come up far more
+    often than in programs that mix everything."""
+    kinds = [kw for kw in WEIGHTS if rng.random() < 0.75] or list(WEIGHTS)
+    bits = [b for b in ("PCIDE", "PGE", "PAE", "SMEP") if rng.random() < 0.75] or ["PCIDE"]
+    return kinds, tuple(bits)
+
+
 def random_program(era, mode, vendor, rng, length):
     """Generate and run one program; (start, events, first violation or None)."""
     start = rng.choice(STARTS)
+    kinds, bits = _swarm(rng)
     sim = Simulation(era, mode, vendor, 1, PRESETS[start].registers(), trace=False)
     events = []
     while len(events) < length:
-        chosen = _choose(rng, sim)
+        chosen = _choose(rng, sim, kinds, bits)
         for raw in [chosen] + _after(chosen, start):
             events.append(raw)
             out = sim.step(parse_event(raw, f"events[{len(events) - 1}]", 1))

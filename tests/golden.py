@@ -65,9 +65,9 @@ def compare_path(sc) -> Path:
 
 
 # The clarification tables: each unload / flush request of an era removed in
-# turn, 600 programs per row and mode.
+# turn, 2000 programs per row and mode.
 ABLATION_ERAS = ("v6.18", "seed-v1")
-ABLATION_EXAMPLES = 600
+ABLATION_EXAMPLES = 2000
 
 
 def render_ablation(era) -> str:
