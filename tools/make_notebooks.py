@@ -62,6 +62,8 @@ Reading order:
 4. [04-lab](04-lab.ipynb) — the lab: shadow paging and TDP side by side, driven by one set of controls.
 5. [05-other-flows](05-other-flows.ipynb) — SMM, `KVM_SET_SREGS` and INIT.
 6. [06-at-scale](06-at-scale.ipynb) — the history presets and random workloads as charts.
+7. [07-review-do-not-unload-roots](07-review-do-not-unload-roots.ipynb) — for patch reviewers:
+   the February 2022 review of "do not unload MMU roots", claim by claim, as experiments.
 
 The model lives in the `mmu_model` package; the notebooks only call it. For
 homework, `python -m mmu_model quiz -s SEED` prints seeded questions and `-c` their answers.
@@ -627,15 +629,595 @@ assert by_vcpus[1]["v5.17"] > by_vcpus[2]["v5.17"] and all(r["v6.18"] == 1 for r
 """),
 ]
 
+REVIEW = [
+    md("""
+# 07 · Reviewing "KVM: x86: do not unload MMU roots on all role changes"
+
+**The question:** in February 2022 Paolo Bonzini proposed that KVM stop throwing away
+all of a vCPU's MMU roots whenever the guest changes paging mode. Sean Christopherson
+reviewed it, and the thread made a handful of precise claims about where that is safe.
+Which of them can we check, and what do the checks show?
+
+This notebook replays the review claim by claim. Each section quotes one line of the
+thread (with its link on lore.kernel.org), runs the claim on the model, and says what
+the output shows. You do not need to have read KVM's MMU code: every term is explained
+below or where it first appears.
+""" + VOCAB + """
+* **prev_roots** – a per-vCPU cache of the three most recently used roots, so that
+  switching back to an address space (a CR3 value) finds its root again.
+* **the hash** – under shadow paging, every shadow page KVM has built stays in a VM-wide
+  hash table until memory pressure evicts it; a root freed from a vCPU's slots can be
+  *found again* there, cheaply, with its contents.
+* **TDP MMU** – KVM's default TDP implementation. Its roots are shared by the vCPUs and
+  reference-counted; when the last reference goes (before v6.4), the whole tree is
+  **destroyed** and must be rebuilt from nothing, one EPT violation at a time.
+* **sync** – under shadow paging KVM lets a shadowed page table go *unsync* when the guest
+  writes to it, and brings the shadow copy up to date (syncs it) when the guest flushes its
+  TLB; a shadow root that misses a sync keeps showing the guest its old entries.
+* **unload** (`kvm_mmu_unload()`) – drop the current root and the three cached ones.
+* **reset** (`kvm_mmu_reset_context()`) – unload, then recompute the roles
+  (`kvm_init_mmu()`). This is what the patch changes.
+* **TLB flush request** – KVM raises a request (`KVM_REQ_TLB_FLUSH_GUEST`: every
+  translation the guest could have cached; `KVM_REQ_TLB_FLUSH_CURRENT`: those of the
+  current address space) and performs it just before it next enters the guest.
+* **PCID** – with CR4.PCIDE=1 the low 12 bits of CR3 tag TLB entries, and a MOV CR3 with
+  bit 63 set (**no-flush**) keeps that address space's cached translations.
+* **SMM** – system management mode: an SMI switches the guest into it, RSM returns.
+* **era** – a kernel version's behaviour in the model (`v5.17`, `v6.18`, ...); `seed-v1`
+  is v5.17 with the patch under review applied; a **variant** is an era with one
+  function replaced.
+* **the checker** – after every step the model compares the translation the guest would
+  get with what the x86 architecture allows; a **stale translation** (a *violation*) is
+  one the architecture says must be gone.
+"""),
+    md("""
+## The thread
+
+The messages this notebook follows, oldest first (each links to lore):
+"""),
+    code("""
+%matplotlib inline
+import matplotlib.pyplot as plt
+from mmu_model.review import (thread, library_scenario, make_scenario, side_by_side, search,
+                              replay, ablation_rows, root_roles, history, cycles_chart_data)
+thread()
+"""),
+    md("""
+The review happened in the replies to 12/12; the mail this notebook starts from is the
+one of 15 February, which answers Sean point by point.
+
+## The patch in our own words
+
+**Before.** Whenever a guest write changed a *role* bit (a bit that changes what the
+page tables KVM builds must look like: CR0.PG, CR0.WP, several CR4 bits, EFER.NX),
+KVM called `kvm_mmu_reset_context()`. It **unloaded every root** of the vCPU, the current
+one and the three in `prev_roots`, and then recomputed the roles. At the next VM entry
+KVM found no root and loaded one: under shadow paging usually found again in the hash,
+under the TDP MMU (in a one-vCPU VM) built from nothing, because the unload had dropped
+the last reference and the tree was gone.
+
+**Why it hurt.** grsecurity's kernel keeps kernel data read-only and clears CR0.WP around
+each legitimate write, so a grsecurity guest writes CR0 constantly. Brad Spengler
+reported that with the TDP MMU every one of those writes rebuilt the whole EPT table.
+The patch's changelog measured one toggle with kvm-unit-tests `vmexit.flat`:
+
+| MMU | before (cycles) | with 12/12 |
+|---|---|---|
+| TDP MMU | 46,754 | 4,879 |
+| legacy TDP | 5,096 | 4,875 |
+| shadow paging | 5,150 | 5,006 |
+
+**The change.** [12/12](https://lore.kernel.org/kvm/20220209170020.1775368-13-pbonzini@redhat.com/)
+makes the reset stop unloading: it recomputes the roles and then looks the current CR3 up
+in the root cache (`kvm_mmu_new_pgd()`), so a root built for the old mode stays cached and
+comes back when the guest returns to that mode. Where the architecture demands that
+translations go, it keeps an explicit action: CR0.PG 1→0 unloads, and CR4.SMEP 0→1
+requests a guest TLB flush. Here are the two resets, as the model writes them (the
+model's Python, not kernel code):
+"""),
+    code("""
+import inspect
+from mmu_model import mmu, era_seed
+print(inspect.getsource(mmu.kvm_mmu_reset_context))
+print(inspect.getsource(era_seed.kvm_mmu_reset_context_v1))
+"""),
+    md("""
+The first unloads and re-inits; the second re-inits and looks CR3 up.
+
+### How to read the comparison tables
+
+Each table below runs one short guest program under several eras, one column per era.
+A cell says what KVM did at that step:
+
+* where the current root came from: **same root kept**, **reused from prev_roots**,
+  **found again in the hash**, **kept alive by the TDP MMU**, **PAE root rebuilt** (the
+  special root used when the guest runs without 64-bit paging), or a **NEW empty root
+  built**; with the root's id (`#2`);
+* which slots were **freed** (`current`, `prev0`..`prev2`), and how many TDP MMU **trees
+  were destroyed**;
+* which TLB **flushes** ran before re-entering the guest: `current` (the current address
+  space) or `guest` (all of them). Loading a root always flushes `current`, so it often
+  appears twice (`×2`);
+* **no VM exit** when the hardware handled the instruction without KVM;
+* **STALE** when the checker caught a stale translation: the page frame and permissions the
+  guest can still use (W writable, U user, G global, X executable) against what its page
+  tables say.
+
+The last row counts the root pages allocated in the whole run; a PAE root is five pages
+(the root and its four entries).
+
+The grsecurity case first, one CR0.WP toggle off and on, under the TDP MMU:
+"""),
+    code("""
+side_by_side(library_scenario("cr0-wp-toggle"), ["v5.17", "seed-v1"], mode="tdp")
+"""),
+    md("""
+Under v5.17 each write destroys the tree and builds a new one. Under seed-v1 the first
+write still builds a root (in this base tree the TDP root's role carries the guest's
+CR0.WP, so WP=0 needs its own root), but setting WP again finds the original root in
+`prev_roots`: nothing is destroyed.
+
+## Claim 1 · "far more flows than just MOV CR0/CR4 are affected"
+
+> "there are far more flows than just MOV CR0/CR4 that are affected, e.g. SMM transitions,
+> KVM_SET_SREG, etc..." — Sean, [11 Feb](https://lore.kernel.org/kvm/YgavcP/jb5njjKKn@google.com/)
+
+`kvm_mmu_reset_context()` has many callers besides the CR0/CR4 paths: entering and leaving
+SMM, `KVM_SET_SREGS` (userspace setting the registers, e.g. after migration), INIT, EFER
+writes. Changing the function changes all of them. A guest without PCIDs switches to
+address space 0x2000, then takes an SMI and returns with RSM, under shadow paging:
+"""),
+    code("""
+smm = make_scenario("smi-rsm-no-pcid", "long-mode",
+                    [{"op": "mov_cr3", "value": "0x2000"}, {"op": "smi"}, {"op": "rsm"}])
+smm_shadow = side_by_side(smm, ["v5.17", "seed-v1"], mode="shadow"); smm_shadow
+"""),
+    md("""
+SMM starts with paging off, and under shadow paging a guest without paging runs on a PAE
+root, hence step 1. Under v5.17 the SMI frees both slots and RSM finds root #2 again in the
+hash. Under seed-v1 nothing is freed on the way in, and RSM reuses the same root #2 straight
+from `prev_roots`. The same under the TDP MMU:
+"""),
+    code("""
+smm_tdp = side_by_side(smm, ["v5.17", "seed-v1"], mode="tdp"); smm_tdp
+"""),
+    md("""
+(With EPT the guest's MOV CR3 does not even exit.) v5.17 destroys and rebuilds the tree
+twice (SMM has its own root role, `smm=1`); seed-v1
+builds the SMM root once and gets the original root #1 back from the cache on RSM. Faster,
+and a behaviour change in a path the patch's changelog never mentions.
+
+With PCIDs on, the same pair goes differently under seed-v1: RSM restores CR4.PCIDE, and
+in this base a PCIDE change still unloads everything at the next entry
+(`KVM_REQ_MMU_RELOAD`):
+"""),
+    code("""
+smm_pcid = side_by_side(library_scenario("smi-rsm"), ["v5.17", "seed-v1"], mode="shadow"); smm_pcid
+"""),
+    md("""
+At RSM seed-v1 frees all three slots and finds the root in the hash, like v5.17: whether
+the cache survives SMM depends on a register unrelated to SMM.
+
+Now `KVM_SET_SREGS`. Userspace sets CR3, sets it again unchanged, then sets CR4 with
+PCIDE added:
+"""),
+    code("""
+sregs = side_by_side(library_scenario("set-sregs"), ["v5.17", "seed-v1"], mode="shadow"); sregs
+"""),
+    md("""
+When userspace turns PCIDs on (step 2), v5.17 frees the root and flushes; seed-v1 keeps
+the same root and flushes nothing. A guest's own MOV CR4 that turns PCIDs on unloads every
+root in both eras (a root cached while PCIDs were off must not be reused under PCID rules,
+as Claim 3 shows); through the ioctl, that protection silently disappears.
+
+### "the addition of kvm_mmu_new_pgd() in new paths"
+
+Sean's follow-up ([14 Feb](https://lore.kernel.org/kvm/YgqsU8j80M1ZpWPx@google.com/)) put
+the worry precisely: not the flushes, but looking a root up from the cache in paths that
+never did. The checker can look for exactly that: random guest programs under seed-v1,
+keeping only stale translations that v5.17 does not show on the same program.
+"""),
+    code("""
+v1_check = search("seed-v1", baseline="v5.17", examples=2000); v1_check
+"""),
+    md("""
+Under shadow paging it finds one and shrinks it to a short program; under both kinds of
+TDP it finds none. Step by step:
+"""),
+    code("""
+replay(v1_check.data["shadow"], ["seed-v1", "v5.17"])
+"""),
+    md("""
+The guest changes an entry (it makes 0x401000 not present), clears CR0.WP, and does a
+flushing MOV CR3, which syncs the root *in use* (the one built for WP=0). When it sets WP
+again, seed-v1's reset brings back the WP=1 root from the cache; that root missed the
+flush, so the guest still reaches the old page. v5.17 unloaded it and never has the problem.
+Paolo's answer in the seed mail: "Okay, yeah those are more complex and the existing ones
+are broken too."
+
+## Claim 2 · unload or flush on CR0.PG 1→0, and SMEP
+
+> "Calling kvm_mmu_unload() instead of requesting a flush isn't coherent with respect to the
+> comment, or with SMEP handling." — Sean, [11 Feb](https://lore.kernel.org/kvm/YgavcP/jb5njjKKn@google.com/)
+
+12/12's comment says "flush the TLB if CR0.PG is changed 1 -> 0", but the code unloads
+every root. Sean's sketch (era `review-sketch`) requests a guest TLB flush instead; what
+merged in v5.18 requests the flush *and* still resets. A PAE guest turns paging off and on
+again, under the TDP MMU:
+"""),
+    code("""
+pg = side_by_side(library_scenario("cr0-pg-off-on"), ["seed-v1", "review-sketch", "v5.18"], mode="tdp"); pg
+"""),
+    md("""
+seed-v1's unload destroys the tree at once. The sketch flushes the guest TLB instead, keeps
+the root cached, and gets it back from `prev_roots` when paging comes back. v5.18 flushes
+and resets, so it destroys the tree twice.
+
+For SMEP (the CPU refuses to execute user pages in kernel mode), the changelog says roots
+are discarded when it is set, the code requests a guest flush, and the architecture asks
+for a flush of the current address space:
+"""),
+    code("""
+smep = side_by_side(library_scenario("cr4-smep"), ["v5.17", "seed-v1", "v5.18"], mode="shadow"); smep
+"""),
+    md("""
+At step 0 seed-v1 keeps the same root and flushes the guest TLB (every address space);
+v5.17 and v5.18 free the root and rebuild from the hash, and v5.18 adds the
+current-address-space flush the SDM asks for.
+
+Which of seed-v1's two actions matter? The ablation (`mmu_model.ablate`) removes one action
+at a time and lets the checker search for a stale translation that seed-v1 itself does not
+show. "no violation in N programs" means the random search found none, not that none exists.
+"""),
+    code("""
+v1_ablation = ablation_rows("seed-v1", ["cr0-pg-off-unload", "cr4-smep-flush"]); v1_ablation
+"""),
+    md("""
+Without the SMEP flush every mode goes stale, as the SDM predicts. Without the CR0.PG unload
+every mode goes stale too, but not the same way. Under shadow paging a cached root comes back
+unsynced. Under TDP no root is stale (the TDP root does not depend on the guest's tables);
+what survives is the *hardware TLB*: entries cached under root #1 outlive the time paging is
+off (another root is in use then), and the cache hit that brings #1 back does not flush. In
+seed-v1 the unload is the only thing that flushes when paging goes off. So what TDP needs
+there is a flush; the unload was standing in for one, as Sean suspected.
+
+## Claim 3 · freeing all roots: "necessary if and only if the MMU is shadowing the guest"
+
+> "That's necessary if and only if the MMU is shadowing the guest, non-nested TDP MMUs just
+> need to flush the guest's TLB." — Sean, [14 Feb](https://lore.kernel.org/kvm/YgqsU8j80M1ZpWPx@google.com/),
+> quoted in the seed mail
+
+Sean said the same holds for the unload on a CR4.PCIDE change. v5.18 then did exactly that
+(commit f6d0a2521ce1): when the guest turns PCIDs on, it unloads every root only under
+shadow paging. The variant `v6.18~no-pcide-unload` is today's kernel without that unload.
+If the claim is right, the checker should find a stale translation under shadow paging and
+none under either kind of TDP:
+"""),
+    code("""
+pcide = search("v6.18~no-pcide-unload", baseline="v6.18", examples=2000); pcide
+"""),
+    md("""
+It does: a six-step program under shadow paging, nothing in 2,000 programs under TDP or
+legacy TDP. The reproduction, next to v6.18:
+"""),
+    code("""
+pcide_repro = replay(pcide.data["shadow"], ["v6.18~no-pcide-unload", "v6.18"]); pcide_repro
+"""),
+    md("""
+With PCIDs off, the guest touches 0x401000 in address space 0x3000 (its shadow root #2
+caches the entry), switches away, rewrites the entry, turns PCIDs on, and switches back with
+the no-flush bit. Under PCID rules no-flush means "keep what this PCID cached", and KVM
+reuses root #2 as it is. But the earlier flushing switch away (with PCIDs off) had
+invalidated that entry for everyone: the guest may only see the new frame. v6.18's
+unload at step 4 is what prevents it. Under TDP the guest walks its own tables, so there is
+no shadow copy to go stale: a TLB flush is all it needs.
+
+The ablation rows for the same decisions in v6.18:
+"""),
+    code("""
+ablation_rows("v6.18", ["cr4-pcide-on-unload", "cr0-pg-off-flush", "cr4-pcide-off-flush"])
+"""),
+    md("""
+Read this one with care. The PCIDE 0→1 unload row finds nothing in 600 programs, although
+the search above found a violation for the very same change: the motif needs PCIDs off,
+a cached entry, a rewrite, PCIDs on and a no-flush switch, in that order, and only about one
+random program in 1,500 contains it (the search above was lucky at 347). Replaying the
+shrunk program is the proof; an empty ablation row is only absence of evidence. The
+CR0.PG 1→0 flush finds nothing either: v6.18 still resets on that write, and loading a root
+after a reset always flushes the current context. The flush on PCIDE 1→0 (turning PCIDs
+off) is needed under both kinds of TDP, where nothing else flushes; under shadow paging the
+search found nothing in 600 programs.
+
+## Claim 4 · "the TDP case is okay since the role is the same; kvm_init_mmu() is enough"
+
+> "Yes, the TDP case is okay since the role is the same. kvm_init_mmu() is enough." — Paolo,
+> [15 Feb, the seed mail](https://lore.kernel.org/kvm/29e1edc7-9f9f-0663-997f-3416269b6a89@redhat.com/)
+
+A TDP root maps guest-physical to host-physical memory; the guest's own paging mode does
+not change what it must contain. So when only the guest's mode changes, the TDP root can
+stay, and only the MMU's roles need recomputing (`kvm_init_mmu()`). The claim needs the
+root's *role* to stay the same. Does it, era by era, when the guest clears CR0.WP?
+"""),
+    code("""
+wp_roles = root_roles(["v5.17", "seed-v1", "v5.19", "v6.4"], [{"op": "mov_cr0", "clear": ["WP"]}]); wp_roles
+"""),
+    md("""
+Not yet in 2022: in v5.17 and in seed-v1's base the TDP root role still carried the guest's
+CR0.WP. v5.19 split the guest's paging mode (`cpu_role`) from the root's role
+(`root_role`), and from then on the root role stays the same. The claim became true in v5.19;
+and v6.4 acted on it. On AMD (SVM), where a CR0 write still exits:
+"""),
+    code("""
+wp_svm = side_by_side(library_scenario("cr0-wp-toggle"), ["v5.19", "v6.4"], mode="tdp", vendor="svm"); wp_svm
+"""),
+    md("""
+v5.19 has the same role but still resets, so the one-vCPU tree is destroyed on every write;
+v6.4 only re-inits and keeps the same root. Here is everything the kernel runs in v6.4 for
+the first write:
+"""),
+    code("""
+from mmu_model.render import step_graph
+print(step_graph(wp_svm.data["v6.4"]["steps"][0]))
+"""),
+    md("""
+`kvm_init_mmu()` and nothing else: "kvm_init_mmu() is enough", a year later. And the checker
+agrees that it is safe:
+"""),
+    code("""
+v64_check = search("v6.4", modes=["tdp"], vendor="svm", examples=1000); v64_check
+"""),
+    md("""
+No stale translation in 1,000 programs under TDP on SVM.
+
+## Claim 5 · KVM_REQ_MMU_UPDATE_ROOT
+
+> "but I can change this to a new KVM_REQ_MMU_UPDATE_ROOT flag that does
+> kvm_mmu_new_pgd(vcpu, vcpu->arch.cr3)" — Paolo, the seed mail
+
+Instead of looking CR3 up inside the reset, raise a request and do the lookup just before the
+next VM entry, once, whatever happened in between. v2 did it
+([16/18](https://lore.kernel.org/kvm/20220217210340.312449-17-pbonzini@redhat.com/)) and
+also routed a guest's CR3 changes through it; that is era `seed-v2`. On the SMI/RSM pair with
+PCIDs, under the TDP MMU:
+"""),
+    code("""
+side_by_side(library_scenario("smi-rsm"), ["seed-v1", "seed-v2"], mode="tdp")
+"""),
+    md("""
+seed-v1 rebuilds at RSM (the PCIDE reload); seed-v2, on a base where that reload happens only
+under shadow paging, gets root #1 back from the cache. Now a flushing MOV CR3 back to an
+address space whose root is cached:
+"""),
+    code("""
+cr3 = side_by_side(library_scenario("cr3-flush-to-cached-root"), ["seed-v1", "seed-v2"]); cr3
+"""),
+    md("""
+At step 2 seed-v1 switches to cached root #2 first and then flushes. seed-v2 only *requests*
+the switch; the flush, which frees the cached roots of that PCID, runs first and frees
+root #2 (`prev0`), so the deferred lookup misses and the root has to be found again in the
+hash. The kernel calls show the order:
+"""),
+    code("""
+print(step_graph(cr3.data["seed-v2"]["steps"][2]))
+"""),
+    md("""
+`kvm_invalidate_pcid()` frees the root during the MOV CR3; `kvm_mmu_update_root()` looks for
+it only at the next entry. Sean's answer to v2 was
+["Please no"](https://lore.kernel.org/kvm/YhATewkkO/l4P9UN@google.com/): no new deferred
+root loads, and convert only the CR0/CR4 paths, the only hot ones. 16/18 and 18/18 were
+never merged.
+
+## What happened next
+
+* **v5.18** merged v2's fixes and
+  [17/18](https://lore.kernel.org/kvm/20220217210340.312449-18-pbonzini@redhat.com/):
+  TLB flushes are requested on their own, following the SDM, instead of relying on the
+  reset to flush as a side effect (Claim 2's table shows its extra flushes). The reset
+  itself still unloads.
+* **v5.19** split `cpu_role` from `root_role`: CR0, CR4 and EFER no longer change the
+  TDP root's role (Claim 4).
+* **v6.4**: Mathias Krause's CR0.WP series
+  ([v4](https://lore.kernel.org/kvm/20230322013731.102955-1-minipli@grsecurity.net/))
+  re-inits only for a WP-only change under TDP and lets VMX guests own CR0.WP (no exit at
+  all); and TDP MMU roots gained a reference of their own, so an unloaded root is kept
+  alive and found again.
+
+On the grsecurity preset (twenty CR0.WP writes, one vCPU, Intel), per era and MMU:
+"""),
+    code("""
+grsec = history(library_scenario("history/grsecurity-wp"),
+                ["v5.17", "seed-v1", "v5.18", "v5.19", "v6.4", "v6.18"]); grsec
+"""),
+    md("""
+Under the TDP MMU, v5.17, v5.18 and v5.19 build and destroy a tree on every write; seed-v1
+builds one (for WP=0) and then alternates between two cached roots; from v6.4 the write does
+not even exit. Legacy TDP and shadow paging always found their roots again in the hash.
+The last column is the project's cost model (`mmu_model/cost.py`), fitted to the
+vmexit.flat figures above: 46,725 against the measured 46,754 for v5.17 under the TDP MMU.
+As a chart:
+"""),
+    code("""
+from mmu_model.plots import plot_counts
+fig, ax = plt.subplots(figsize=(9, 3.5))
+plot_counts(ax, cycles_chart_data(grsec), ylabel="est. cycles per CR0 write"); plt.show()
+"""),
+    md("""
+The TDP MMU bar of the pre-v6.4 merged kernels dwarfs everything else; seed-v1 brought it
+down to the others' level in 2022, but the fix that merged took until v6.4, where it drops
+to zero.
+
+## Try your own patch
+
+The template below is 12/12's idea applied to today's kernel: a reset that re-inits and looks
+CR3 up instead of unloading. Edit the function (or replace a different one:
+`kvm_post_set_cr0`, `kvm_post_set_cr4`, `kvm_smm_changed`, ...; call other kernel functions
+through `vcpu.ops`), rerun the cells, and read what changed.
+"""),
+    code("""
+from mmu_model import get_era, register_era
+
+def kvm_mmu_reset_context(vcpu):            # 12/12 on v6.18: re-init and look CR3 up, no unload
+    vcpu.kvm.step.resets += 1
+    vcpu.ops.kvm_init_mmu(vcpu)
+    vcpu.ops.kvm_mmu_new_pgd(vcpu, vcpu.cr3)
+
+mine = register_era(get_era("v6.18").derive(
+    "v6.18~my-patch", "v6.18 with a reset that keeps cached roots",
+    kvm_mmu_reset_context=kvm_mmu_reset_context))
+"""),
+    md("""
+Every scenario of the library under v6.18 and under your variant; only those where KVM does
+something different are listed (kernel calls aside):
+"""),
+    code("""
+from mmu_model.review import library_diff
+mine_diff = library_diff(mine, "v6.18"); mine_diff
+"""),
+    md("""
+The changes reach SMM, KVM_SET_SREGS, INIT and EFER, not just CR0 and CR4: Claim 1 again.
+The checker, counting only what v6.18 does not show:
+"""),
+    code("""
+mine_check = search(mine, baseline="v6.18", examples=1000); mine_check
+"""),
+    md("""
+As shipped, shadow paging goes stale and neither kind of TDP does: Claims 3 and 4 in one
+table. The shrunk program, lined up against upstream:
+"""),
+    code("""
+replay(mine_check.data["shadow"], ["v6.18", mine])
+"""),
+    md("""
+The guest rewrites a kernel entry and sets CR4.SMEP. With CR0.WP=1, SMEP does not change
+the shadow root's role, so the patched reset looks CR3 up and keeps the same root; the flush
+the SDM asks for empties the hardware TLB, but the shadow root still holds the old entry.
+v6.18's unload and reload synced it as a side effect. Under shadow paging, the reset's unload
+is also a sync.
+"""),
+    md("""
+## Summary
+
+* 12/12 turned `kvm_mmu_reset_context()` from "unload everything" into "re-init and look CR3
+  up". For grsecurity under the TDP MMU that is a tenfold saving per CR0 write.
+* Claim 1 holds: SMM, `KVM_SET_SREGS` and the rest change too (an SMI/RSM pair reuses the
+  cached root; turning PCIDs on through the ioctl no longer unloads), and the new cache
+  lookup brings back a shadow root that missed a flush.
+* Claim 2 holds: on CR0.PG 1→0 seed-v1's unload was doing a flush's job; a flush keeps the
+  TDP root. The SMEP flush is needed in every mode.
+* Claim 3 holds: without the PCIDE unload shadow paging goes stale and TDP does not. A
+  random search that finds nothing is not proof that nothing is there.
+* Claim 4 became true with v5.19's role split, and v6.4 built on it.
+* The deferred `KVM_REQ_MMU_UPDATE_ROOT` lost a cached root to its own PCID flush, and was
+  never merged.
+
+## Exercises
+
+1. Run Claim 1's SMI/RSM table with `mode="tdp-legacy"`. Which era finds the root where?
+2. In the template, unload only under shadow paging (`if not vcpu.kvm.tdp_enabled:
+   vcpu.ops.kvm_mmu_unload(vcpu)` before the init). Does the checker still find anything?
+3. Write Sean's sketch for CR0 on v6.18: replace `kvm_post_set_cr0` so that under TDP a
+   CR0.PG change only re-inits the MMU (`vcpu.ops.kvm_init_mmu(vcpu)`) and, for 1→0,
+   requests `KVM_REQ_TLB_FLUSH_GUEST` (see `kvm_post_set_cr0_sketch` in
+   `mmu_model/era_seed.py`). Compare it with v6.18 on `cr0-pg-off-on` under the TDP MMU, and
+   run the checker on it.
+4. `search("seed-v2", baseline="v5.18")`: does the deferred lookup add stale translations?
+
+## Checks
+
+Each claim's result, as asserted above in words:
+"""),
+    code("""
+def step(table, era, i):
+    return table.data[era]["steps"][i]
+"""),
+    code("""
+# Claim 1: without PCIDs, seed-v1's SMI/RSM reuses the pre-SMI root from the cache; v5.17 rebuilds it
+assert step(smm_shadow, "seed-v1", 2)["root_source"] == "cache"
+assert step(smm_shadow, "seed-v1", 2)["root"]["id"] == step(smm_shadow, "seed-v1", 0)["root"]["id"]
+assert step(smm_shadow, "v5.17", 2)["root_source"] == "hash" and step(smm_shadow, "v5.17", 1)["freed"]
+assert step(smm_tdp, "seed-v1", 2)["root_source"] == "cache" and step(smm_tdp, "v5.17", 2)["destroyed"]
+"""),
+    code("""
+# Claim 1: with PCIDs RSM unloads under seed-v1 too; KVM_SET_SREGS turning PCIDs on no longer unloads
+assert step(smm_pcid, "seed-v1", 2)["root_source"] == "hash"
+assert len(step(smm_pcid, "seed-v1", 2)["freed"]) == 3
+assert step(sregs, "v5.17", 2)["freed"] and not step(sregs, "seed-v1", 2)["freed"]
+assert step(sregs, "seed-v1", 2)["root_source"] == "same" and not step(sregs, "seed-v1", 2)["tlb_flushes"]
+"""),
+    code("""
+# Claim 1: the new cache lookup goes stale under shadow paging only
+assert v1_check.data["shadow"] and v1_check.data["tdp"] is None and v1_check.data["tdp-legacy"] is None
+assert any(s["violations"] for s in replay(v1_check.data["shadow"], ["seed-v1"]).data["seed-v1"]["steps"])
+"""),
+    code("""
+# Claim 2: seed-v1 unloads on CR0.PG 1->0, the sketch flushes and keeps the TDP root
+assert step(pg, "seed-v1", 0)["destroyed"] and not step(pg, "review-sketch", 0)["destroyed"]
+assert "guest" in step(pg, "review-sketch", 0)["tlb_flushes"]
+assert step(pg, "review-sketch", 1)["root_source"] == "cache"
+assert "KVM_REQ_TLB_FLUSH_GUEST" in step(smep, "seed-v1", 0)["requests"]
+assert step(smep, "seed-v1", 0)["root_source"] == "same"
+assert "KVM_REQ_TLB_FLUSH_CURRENT" in step(smep, "v5.18", 0)["requests"]
+"""),
+    code("""
+# Claim 2: the SMEP flush and the PG unload are needed in every mode (TDP: as a flush)
+assert all(v1_ablation.data[("cr4-smep-flush", m)] for m in ("shadow", "tdp", "tdp-legacy"))
+assert all(v1_ablation.data[("cr0-pg-off-unload", m)] for m in ("shadow", "tdp", "tdp-legacy"))
+"""),
+    code("""
+# Claim 3: without the PCIDE 0->1 unload, stale under shadow paging only; v6.18 is clean on the same program
+assert pcide.data["shadow"] and pcide.data["tdp"] is None and pcide.data["tdp-legacy"] is None
+steps = pcide_repro.data
+assert any(s["violations"] for s in steps["v6.18~no-pcide-unload"]["steps"])
+assert not any(s["violations"] for s in steps["v6.18"]["steps"])
+"""),
+    code("""
+# Claim 4: the TDP root role keeps CR0.WP from v5.19; v6.4 only re-inits, and the checker finds nothing
+assert wp_roles.data == {"v5.17": True, "seed-v1": True, "v5.19": False, "v6.4": False}
+assert step(wp_svm, "v5.19", 0)["destroyed"] and step(wp_svm, "v6.4", 0)["root_source"] == "same"
+assert "kvm_mmu_unload" not in step(wp_svm, "v6.4", 0)["calls"] and v64_check.data["tdp"] is None
+"""),
+    code("""
+# Claim 5: seed-v2 loses the cached root to its own PCID flush; seed-v1 keeps it
+assert step(cr3, "seed-v1", 2)["root_source"] == "cache"
+assert step(cr3, "seed-v2", 2)["root_source"] == "hash"
+assert [f["slot"] for f in step(cr3, "seed-v2", 2)["freed"]] == ["prev0"]
+"""),
+    code("""
+# What happened next: a tree per write until v6.4; the cost model within 1% of vmexit.flat
+assert grsec.data[("v5.17", "tdp")]["roots_allocated"] == 20 and grsec.data[("v6.4", "tdp")]["exits"] == 0
+assert grsec.data[("seed-v1", "tdp")]["roots_allocated"] == 1
+assert abs(grsec.data[("v5.17", "tdp")]["cycles_per_event"] - 46754) < 0.01 * 46754
+assert abs(grsec.data[("seed-v1", "tdp")]["cycles_per_event"] - 4879) < 0.01 * 4879
+"""),
+    code("""
+# The template as shipped (edit it and this check may change): it changes SMM, and shadow
+# paging goes stale where TDP does not
+assert ("smi-rsm", "shadow") in mine_diff.data
+assert mine_check.data["shadow"] and mine_check.data["tdp"] is None
+"""),
+]
+
 NOTEBOOKS_CELLS = {"01-two-ways.ipynb": TWO_WAYS, "02-mmu-role.ipynb": ROLE,
                    "03-root-cache.ipynb": CACHE, "04-lab.ipynb": LAB,
-                   "05-other-flows.ipynb": FLOWS, "06-at-scale.ipynb": SCALE}
+                   "05-other-flows.ipynb": FLOWS, "06-at-scale.ipynb": SCALE,
+                   "07-review-do-not-unload-roots.ipynb": REVIEW}
+
+
+def keep_ids(cells, path):
+    """Reuse the cell ids of the notebook already at ``path``, position by
+    position, so that regenerating changes only the cells whose text changed."""
+    if path.exists():
+        old = nbformat.read(path, as_version=4).cells
+        for cell, prev in zip(cells, old):
+            if "id" in prev:
+                cell["id"] = prev["id"]
+    return cells
 
 
 def main():
     NOTEBOOKS.mkdir(exist_ok=True)
     for name, cells in {"00-index.ipynb": INDEX, **NOTEBOOKS_CELLS}.items():
-        nb = new_notebook(cells=cells, metadata={
+        nb = new_notebook(cells=keep_ids(cells, NOTEBOOKS / name), metadata={
             "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
             "language_info": {"name": "python"}})
         nbformat.write(nb, NOTEBOOKS / name)
