@@ -487,7 +487,7 @@ def _bit_buttons(state: LabState, on_write):
     acting vCPU's registers by the returned ``sync(vcpu)``."""
     buttons = {}
     for reg, name in BITS:
-        b = W.ToggleButton(description=name, layout=W.Layout(width="64px"))
+        b = W.ToggleButton(description=name, layout=W.Layout(width="auto", min_width="64px"))
         b.reg = reg
         buttons[name] = b
     busy = []
@@ -519,6 +519,9 @@ def _bit_buttons(state: LabState, on_write):
     for reg in ("cr0", "cr4", "efer"):
         row = [W.HTML(f"<b>{reg.upper()}</b>", layout=W.Layout(width="44px"))]
         rows.append(W.HBox(row + [b for b in buttons.values() if b.reg == reg]))
+    rows.append(W.HTML('<span style="font-size:12px;color:#333">Blue buttons are bits in this '
+                       "era's MMU role; a check mark means the bit is set. Hover for details."
+                       "</span>"))
     return buttons, W.VBox(rows), sync
 
 
@@ -568,14 +571,14 @@ def lab(era="v6.18", vendor="vmx", vcpus=1, start="long-mode-pcid", tdp_mode="td
     p.bits, bit_box, sync = _bit_buttons(state, write)
     p.era = W.Dropdown(options=[e.name for e in all_eras()], value=era, description="era",
                        layout=W.Layout(width="190px"))
-    p.vendor = W.ToggleButtons(options=["vmx", "svm"], value=vendor, description="vendor",
-                               style={"button_width": "50px"})
+    p.vendor = W.Dropdown(options=["vmx", "svm"], value=vendor, description="vendor",
+                          layout=W.Layout(width="150px"))
     p.vcpus = W.Dropdown(options=[1, 2, 3, 4], value=vcpus, description="vCPUs",
                          layout=W.Layout(width="130px"))
     p.acting = W.Dropdown(options=list(range(vcpus)), value=0, description="acting vCPU",
                           layout=W.Layout(width="160px"), style={"description_width": "80px"})
     p.cr3 = W.Dropdown(options=CR3_CHOICES, value=0x2001, description="CR3",
-                       layout=W.Layout(width="210px"))
+                       layout=W.Layout(width="240px"))
     p.noflush = W.Checkbox(value=False, description="no-flush (bit 63)", indent=False,
                            layout=W.Layout(width="140px"))
     p.invpcid_type = W.Dropdown(options=INVPCID_TYPES, value=1, description="type",

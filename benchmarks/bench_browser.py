@@ -1,0 +1,151 @@
+"""The app under a person's clicks and under a full classroom, in a real browser.
+
+Voila serves notebooks/lab.ipynb on 127.0.0.1; Playwright drives Debian's
+Chromium.  Prints `name: value unit` lines.
+
+    ./run bench-browser                     # 100 clicks; 30 sessions x 30 changes
+    .venv/bin/python benchmarks/bench_browser.py --clicks 10 --sessions 3 --changes 5
+
+* latency: from a click on a register bit to the step's diagram in the page
+  (the shadow pane's status line names the new step), over --clicks clicks.
+* load: --sessions pages (each its own Voila kernel) join one every --stagger
+  seconds, as students do; once all are open, each makes --changes changes
+  with --think seconds between them, and every answer is checked: the pane
+  must name the step it just caused, within 1 s.  Memory per session is the
+  kernels' resident size.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+import browser as B  # noqa: E402
+
+STEP_JS = ("([m, i]) => { const s = document.querySelector(`.mmu-pane[data-mode=${m}] "
+           ".mmu-status`); return s && s.innerText.includes(`step ${i} `); }")
+BIT_BUTTON = "button.widget-toggle-button"
+
+
+def pct(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+async def _toggle_and_wait(page, bit, index, timeout_ms):
+    import re
+    t0 = time.perf_counter()
+    await page.locator(BIT_BUTTON).filter(has_text=re.compile(rf"^\s*{bit}\s*$")).click()
+    await page.wait_for_function(STEP_JS, arg=["shadow", index], timeout=timeout_ms)
+    return (time.perf_counter() - t0) * 1000
+
+
+async def latency(url, clicks):
+    from playwright.async_api import async_playwright
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=B.CHROMIUM, args=B.FLAGS)
+        page = await b.new_page(viewport={"width": 1280, "height": 720})
+        await page.goto(url, timeout=90_000)
+        await page.wait_for_selector(".mmu-pane[data-mode=shadow]", timeout=90_000)
+        times = [await _toggle_and_wait(page, "WP", i, 10_000) for i in range(clicks)]
+        await b.close()
+    return times
+
+
+async def session(b, url, n, changes, stagger, think, all_open, results):
+    await asyncio.sleep(n * stagger)
+    page = await b.new_page(viewport={"width": 1280, "height": 720})
+    t0 = time.perf_counter()
+    await page.goto(url, timeout=180_000)
+    await page.wait_for_selector(".mmu-pane[data-mode=shadow]", timeout=180_000)
+    results["joins"].append(time.perf_counter() - t0)
+    results["open"] += 1
+    if results["open"] == results["sessions"]:
+        all_open.set()
+    await all_open.wait()
+    results["rss"] = results["rss"] or kernels_rss_mib()
+    for i in range(changes):
+        bit = ("WP", "PGE", "SMEP")[i % 3]
+        try:
+            results["times"].append(await _toggle_and_wait(page, bit, i, 1_000))
+        except Exception:
+            results["errors"] += 1
+        await asyncio.sleep(think)
+    await page.close()
+
+
+# Chromium opens at most six connections to one host, and a Voila page holds
+# one while its notebook runs: a browser per few students, as in a real room.
+PAGES_PER_BROWSER = 4
+
+
+async def load(url, sessions, changes, stagger, think):
+    from playwright.async_api import async_playwright
+    results = {"times": [], "errors": 0, "joins": [], "open": 0, "sessions": sessions, "rss": []}
+    all_open = asyncio.Event()
+    async with async_playwright() as p:
+        browsers = [await p.chromium.launch(executable_path=B.CHROMIUM, args=B.FLAGS)
+                    for _ in range(-(-sessions // PAGES_PER_BROWSER))]
+        await asyncio.gather(*(session(browsers[n // PAGES_PER_BROWSER], url, n, changes,
+                                       stagger, think, all_open, results)
+                               for n in range(sessions)))
+        for b in browsers:
+            await b.close()
+    results["kernel_rss_mib"] = results["rss"]
+    return results
+
+
+def kernels_rss_mib():
+    """Resident memory of each running ipykernel process, in MiB."""
+    out = subprocess.run(["ps", "-eo", "rss,args"], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) / 1024 for line in out.splitlines()[1:]
+            if "ipykernel" in line and "voila" not in line.split()[1]]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clicks", type=int, default=100)
+    ap.add_argument("--sessions", type=int, default=30)
+    ap.add_argument("--changes", type=int, default=30)
+    ap.add_argument("--stagger", type=float, default=2.0, help="seconds between joins")
+    ap.add_argument("--think", type=float, default=1.0, help="seconds between a student's clicks")
+    args = ap.parse_args(argv)
+    reason = B.available()
+    if reason:
+        print(f"cannot run: {reason}", file=sys.stderr)
+        return 2
+    with B.voila() as url:
+        times = asyncio.run(latency(url, args.clicks))
+        print(f"latency_clicks: {len(times)} count")
+        print(f"latency_median: {statistics.median(times):.0f} ms")
+        print(f"latency_p95: {pct(times, 95):.0f} ms")
+        print(f"latency_max: {max(times):.0f} ms")
+    # A fresh server for the room, so kernels from the latency run do not count.
+    with B.voila(extra=["--MappingKernelManager.cull_idle_timeout=600"]) as url:
+        t0 = time.perf_counter()
+        r = asyncio.run(load(url, args.sessions, args.changes, args.stagger, args.think))
+        wall = time.perf_counter() - t0
+    answered = len(r["times"])
+    print(f"load_sessions: {args.sessions} count")
+    print(f"load_changes_per_session: {args.changes} count")
+    print(f"load_join_median: {statistics.median(r['joins']):.1f} s")
+    print(f"load_join_max: {max(r['joins']):.1f} s")
+    print(f"load_answered_within_1s: {answered} count")
+    print(f"load_errors_or_late: {r['errors']} count")
+    if r["times"]:
+        print(f"load_latency_median: {statistics.median(r['times']):.0f} ms")
+        print(f"load_latency_p95: {pct(r['times'], 95):.0f} ms")
+    if r["kernel_rss_mib"]:
+        print(f"load_kernel_rss_per_session: {statistics.mean(r['kernel_rss_mib']):.0f} MiB")
+    print(f"load_wall_time: {wall:.0f} s")
+    return 0 if r["errors"] == 0 and answered == args.sessions * args.changes else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
