@@ -4,6 +4,7 @@ Voila serves notebooks/lab.ipynb on 127.0.0.1; Playwright drives Debian's
 Chromium.  Prints `name: value unit` lines.
 
     ./run bench-browser                     # 100 clicks; 30 sessions x 30 changes
+    ./run bench-browser --cold              # the room without preheated kernels
     .venv/bin/python benchmarks/bench_browser.py --clicks 10 --sessions 3 --changes 5
 
 * latency: from a click on a register bit to the step's diagram in the page
@@ -136,6 +137,10 @@ def main(argv=None) -> int:
     ap.add_argument("--changes", type=int, default=30)
     ap.add_argument("--stagger", type=float, default=2.0, help="seconds between joins")
     ap.add_argument("--think", type=float, default=1.0, help="seconds between a student's clicks")
+    ap.add_argument("--voila-arg", action="append", default=[], metavar="ARG",
+                    help="an extra Voila option for the room's server")
+    ap.add_argument("--cold", action="store_true",
+                    help="no preheated kernels (./run room uses --preheat_kernel --pool_size=6)")
     args = ap.parse_args(argv)
     reason = B.available()
     if reason:
@@ -148,7 +153,9 @@ def main(argv=None) -> int:
         print(f"latency_p95: {pct(times, 95):.0f} ms")
         print(f"latency_max: {max(times):.0f} ms")
     # A fresh server for the room, so kernels from the latency run do not count.
-    with B.voila(extra=["--MappingKernelManager.cull_idle_timeout=600"]) as url:
+    room = [] if args.cold else ["--preheat_kernel=True", "--pool_size=6"]
+    with B.voila(extra=["--MappingKernelManager.cull_idle_timeout=600", *room,
+                        *args.voila_arg]) as url:
         t0 = time.perf_counter()
         r = asyncio.run(load(url, args.sessions, args.changes, args.stagger, args.think))
         wall = time.perf_counter() - t0
