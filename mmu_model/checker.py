@@ -81,7 +81,7 @@ def _candidate_addrs(vcpu):
     return sorted(addrs)
 
 
-def violations(kvm, step_index) -> list[dict]:
+def violations(kvm) -> list[dict]:
     """Translations any vCPU could use now that the architecture invalidated."""
     found = []
     for vcpu in kvm.vcpus:

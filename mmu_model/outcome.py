@@ -12,7 +12,7 @@ from __future__ import annotations
 from .kvm import KvmPaeRoot
 
 
-def root_json(info, era) -> dict | None:
+def root_json(info) -> dict | None:
     hpa = info.hpa
     if hpa is None:
         return None
@@ -24,7 +24,7 @@ def root_json(info, era) -> dict | None:
 
 def current_root_json(vcpu, era) -> dict | None:
     from .roles import role_as_dict
-    out = root_json(vcpu.mmu.root, era)
+    out = root_json(vcpu.mmu.root)
     if out is not None:
         out["role"] = role_as_dict(vcpu.mmu.root.hpa.role, era.page_role_fields)
     return out
@@ -44,7 +44,7 @@ def step_outcome(index, vcpu, op, fault, reason, intercepted, calls, log) -> dic
         "destroyed": list(log.destroyed),
         "root_source": log.root_source,
         "root": current_root_json(vcpu, era),
-        "prev_roots": [root_json(r, era) for r in mmu.prev_roots],
+        "prev_roots": [root_json(r) for r in mmu.prev_roots],
         "tlb_flushes": list(log.flushes),
         "registers": {"cr0": hex(vcpu.cr0), "cr3": hex(vcpu.cr3), "cr4": hex(vcpu.cr4),
                       "efer": hex(vcpu.efer), "smm": vcpu.smm},

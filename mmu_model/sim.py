@@ -79,7 +79,7 @@ class Simulation:
         found = []
         if self.check:
             checker.observe_all(kvm)
-            found = checker.violations(kvm, log.index)
+            found = checker.violations(kvm)
         add_to_totals(self._totals, log, intercepted)
         self.steps_run += 1
         if not self.record:
