@@ -21,8 +21,6 @@ from .era_v5_18 import V5_18
 from .registers import EFER_LME, EFER_NX, X86_CR0_PG, X86_CR4_PCIDE, X86_CR4_PGE, X86_CR4_SMEP
 from .requests import KVM_REQ, kvm_make_request
 
-
-
 # ---------------------------------------------------------------------------
 # seed-v1
 
