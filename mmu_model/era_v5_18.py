@@ -26,14 +26,14 @@ from .requests import KVM_REQ, kvm_make_request
 
 PAGE_ROLE_FIELDS_V5_19 = tuple(f for f in V6_18.page_role_fields if f != "is_mirror")
 
-# Names used in v5.18 .. v6.3 where the core uses later ones.
+# Names used in v5.18 .. v6.3 where the core uses later ones: v5.17's, except
+# that the cache searches and the obsolete-roots function now exist under
+# their core names, and SVM's flush callbacks were renamed.
 NAMES_V5_18 = {
-    "kvm_tdp_mmu_alloc_root": "kvm_tdp_mmu_get_vcpu_root_hpa",
-    "kvm_mmu_get_shadow_page": "kvm_mmu_get_page",
-    "kvm_mmu_invalidate_addr": "kvm_mmu_invalidate_gva",
-    "kvm_check_and_inject_events": "inject_pending_event",
-    "kvm_inject_smi": "kvm_vcpu_ioctl_smi",
-    "emulator_leave_smm": None,
+    **{k: v for k, v in era_v5_17.V5_17.names.items()
+       if not k.startswith("svm:") and k not in ("kvm_mmu_free_obsolete_roots",
+                                                 "cached_root_find_and_keep_current",
+                                                 "cached_root_find_without_current")},
     # 5.18 renamed svm_flush_tlb() to svm_flush_tlb_current() (4d9c83f5a06a);
     # svm_flush_tlb_asid() for guest flushes arrived in 6.3.
     "svm:flush_tlb_current": "svm_flush_tlb_current",
