@@ -13,8 +13,18 @@ guest would use.
 """
 from __future__ import annotations
 
-from .guest import PTE_P, ArchTlb, GuestMemory, HwTlb, describe
-from .mmu import is_noncanonical_address, page_for_addr
+from .guest import (
+    EPT_RWX,
+    PTE_FRAME,
+    PTE_P,
+    EptArchTlb,
+    GuestMemory,
+    HwTlb,
+    describe,
+    describe_ept,
+)
+from .kvm import ept_table
+from .mmu import is_noncanonical_address, page_for_addr, root_pages
 from .registers import (
     EFER_LMA,
     PAGE_SHIFT,
@@ -30,10 +40,12 @@ from .vendor import hw_tag
 
 
 def attach(kvm) -> None:
-    """Give the VM guest memory and each vCPU an architectural and a hardware TLB."""
+    """Give the VM guest memory and each vCPU its architectural TLBs (one per
+    VPID/EPT context, and L2's guest-physical one) and a hardware TLB."""
     kvm.guest = GuestMemory()
     for vcpu in kvm.vcpus:
-        vcpu.arch_tlb = ArchTlb()
+        vcpu.arch_tlbs = {}
+        vcpu.ept_arch = EptArchTlb()
         vcpu.hwtlb = HwTlb()
 
 
@@ -42,10 +54,28 @@ def space_of(vcpu) -> int:
 
 
 def observe_all(kvm) -> None:
-    """Every running vCPU may cache what its active tables map right now."""
+    """Every running vCPU may cache what its active tables map right now (and,
+    while L2 runs, what L1's EPT/NPT table maps)."""
     for vcpu in kvm.vcpus:
         if vcpu.cr0 & X86_CR0_PG and not vcpu.smm:
             vcpu.arch_tlb.observe(vcpu.active_pcid(), kvm.guest.table(space_of(vcpu)))
+        if vcpu.guest_mode:
+            table = ept_table(vcpu.vmcs12.ept_pointer)
+            vcpu.ept_arch.observe(table, {g: kvm.guest.ept_read(table, g)
+                                          for g in kvm.guest.l2_gpas(table)})
+
+
+def ept_view(vcpu, gpa):
+    """(EPT entry, source) L2 would use for guest-physical page ``gpa`` now:
+    the hardware's guest-physical mapping, else L0's shadow-EPT entry, else
+    L1's own table (an EPT violation L0 handles by shadowing the entry)."""
+    hit = vcpu.hwtlb.gpa.get((hw_tag(vcpu)[1], gpa))
+    if hit is not None:
+        return hit, "tlb"
+    sp = page_for_addr(vcpu.guest_mmu.root.hpa, gpa)
+    if sp is not None and gpa in sp.sptes:
+        return sp.sptes[gpa], "shadow"
+    return vcpu.kvm.guest.ept_read(ept_table(vcpu.vmcs12.ept_pointer), gpa), "walk"
 
 
 def guest_view(vcpu, addr):
@@ -104,6 +134,32 @@ def violations(kvm) -> list[dict]:
             found.append({"vcpu": vcpu.vcpu_id, "addr": hex(addr), "pcid": pcid,
                           "stale": describe(got), "expected": describe(expected),
                           "source": source, "invalidated_by_step": at})
+        if vcpu.guest_mode:
+            found += ept_violations(vcpu)
+    return found
+
+
+def ept_violations(vcpu) -> list[dict]:
+    """L2 guest-physical pages whose translation L1 invalidated (INVEPT or an
+    EPT violation) but which L2 could still use."""
+    kvm = vcpu.kvm
+    table = ept_table(vcpu.vmcs12.ept_pointer)
+    gpas = kvm.guest.l2_gpas(table)
+    gpas.update(g for (t, g) in vcpu.hwtlb.gpa if t == hw_tag(vcpu)[1])
+    for sp in root_pages(vcpu.guest_mmu.root.hpa):
+        gpas.update(sp.sptes)
+    found = []
+    for gpa in sorted(gpas):
+        got, source = ept_view(vcpu, gpa)
+        if source == "walk" or not got & EPT_RWX:
+            continue
+        expected = kvm.guest.ept_read(table, gpa)
+        if got == expected or got in vcpu.ept_arch.allowed(table, gpa):
+            continue
+        found.append({"vcpu": vcpu.vcpu_id, "addr": hex(gpa), "pcid": None, "kind": "ept",
+                      "stale": describe_ept(got), "expected": describe_ept(expected),
+                      "source": source,
+                      "invalidated_by_step": vcpu.ept_arch.removed.get((table, gpa, got))})
     return found
 
 
@@ -116,11 +172,15 @@ def arch_effects(vcpu, ev, before, step, native: bool) -> None:
     vCPU's architectural TLB, and - when the CPU ran it without an exit - to
     its hardware TLB too."""
     op = ev["op"]
+    vpid = hw_tag(vcpu)[0]
 
     def each(method, *args):
         getattr(vcpu.arch_tlb, method)(step, *args)
         if native:
-            getattr(vcpu.hwtlb, method)(*args)
+            if method == "flush_all":
+                vcpu.hwtlb.flush_vpid(vpid)        # linear and combined mappings only
+            else:
+                getattr(vcpu.hwtlb, method)(*args, vpid=vpid)
 
     if op == "mov_cr0":
         if before["cr0"] & X86_CR0_PG and not vcpu.cr0 & X86_CR0_PG:
@@ -151,12 +211,51 @@ def arch_effects(vcpu, ev, before, step, native: bool) -> None:
         elif t == 3:
             each("flush_nonglobal")
     elif op in ("smi", "rsm", "init"):
-        # SMI and RSM (SDM 34.14, default treatment) and INIT flush everything;
-        # an SMI or INIT that arrives in SMM is latched and does nothing yet.
+        # SMI (SDM 34.14.1, default treatment): VPID 0's linear and combined
+        # mappings; RSM (34.14.2): every VPID's; INIT: everything.  An SMI or
+        # INIT that arrives in SMM is latched and does nothing yet; an INIT
+        # while L2 runs is L1's nested VM-exit (see nested_transition).
+        if op == "init" and before.get("guest_mode"):
+            nested_transition(vcpu, step)
+            return
         delivered = {"smi": not before["smm"] and vcpu.smm, "rsm": True,
                      "init": not before["smm"]}[op]
-        if delivered:
-            vcpu.arch_tlb.flush_all(step)
+        if not delivered:
+            return
+        if op == "smi" and before.get("guest_mode"):
+            nested_transition(vcpu, step)
+        for (ctx_vpid, _table), tlb in vcpu.arch_tlbs.items():
+            if op != "smi" or ctx_vpid == 0:
+                tlb.flush_all(step)
+        if op == "rsm" and before.get("guest_mode") is False and vcpu.guest_mode:
+            nested_transition(vcpu, step)
+    elif op in ("vmentry", "vmexit"):
+        if before.get("guest_mode") != vcpu.guest_mode:
+            nested_transition(vcpu, step)
+    elif op == "invept":
+        table = ept_table(ev["eptp"])
+        single = ev["type"] == 1
+        for (_v, t), tlb in vcpu.arch_tlbs.items():
+            if t is not None and (not single or t == table):
+                tlb.flush_all(step)
+        vcpu.ept_arch.flush_table(step, table) if single else vcpu.ept_arch.flush_all(step)
+    elif op == "invvpid":
+        t, target = ev["type"], ev["vpid"]
+        for (v, _table), tlb in vcpu.arch_tlbs.items():
+            if t == 2 and v != 0 or t != 2 and v == target:
+                {0: lambda: tlb.flush_addr_all_pcids(step, ev["addr"]),
+                 1: lambda: tlb.flush_all(step), 2: lambda: tlb.flush_all(step),
+                 3: lambda: tlb.flush_nonglobal(step)}[t]()
+
+
+def nested_transition(vcpu, step) -> None:
+    """A nested VM-entry or VM-exit: with VPID off in vmcs12 it invalidates
+    VPID 0's linear and combined mappings, all PCIDs and EP4TAs (SDM 28.3.3.3);
+    with VPID on it need not invalidate anything."""
+    if not vcpu.vmcs12.virtual_processor_id:
+        for (ctx_vpid, _table), tlb in vcpu.arch_tlbs.items():
+            if ctx_vpid == 0:
+                tlb.flush_all(step)
 
 
 def on_access(vcpu, ev):
@@ -186,10 +285,35 @@ def on_access(vcpu, ev):
             sp.sptes[addr] = got
             sp.unsync_addrs.discard(addr)
         intercepted, source = True, "shadow"
+    translation = {"entry": describe(got), "source": source}
+    note = None
+    if vcpu.guest_mode:
+        # L2's guest-physical address goes through L1's EPT/NPT, as L0 shadows it.
+        gpa = got & PTE_FRAME
+        table = ept_table(vcpu.vmcs12.ept_pointer)
+        ept, esource = ept_view(vcpu, gpa)
+        if not ept & EPT_RWX:
+            # L1's entry is not present: an EPT violation that L0 reflects to L1.
+            vcpu.ept_arch.flush_gpa(kvm.step.index, table, gpa)
+            vcpu.hwtlb.gpa.pop((tag[1], gpa), None)
+            vcpu.ops.nested_vmx_vmexit(vcpu)
+            nested_transition(vcpu, kvm.step.index)
+            return None, (f"EPT violation: L1's table {table:#x} does not map L2 page {gpa:#x}; "
+                          "L0 reflects it to L1 (nested VM-exit)"), True
+        if esource == "walk":
+            # L0's EPT-violation handler shadows L1's entry (FNAME(page_fault), EPT flavour).
+            sp = page_for_addr(vcpu.guest_mmu.root.hpa, gpa)
+            if sp is not None:
+                sp.sptes[gpa] = ept
+                sp.unsync_addrs.discard(gpa)
+            intercepted, esource = True, "shadow"
+            note = f"EPT violation at L2 page {gpa:#x}: L0 shadows L1's entry and resumes L2"
+        vcpu.hwtlb.gpa[(tag[1], gpa)] = ept
+        translation.update(ept=describe_ept(ept), ept_source=esource)
     if source != "tlb":
         vcpu.hwtlb.fill(pcid, addr, got, tag)
-    kvm.step.translation = {"entry": describe(got), "source": source}
-    return None, None, intercepted
+    kvm.step.translation = translation
+    return None, note, intercepted
 
 
 def on_write_pte(vcpu, ev):
@@ -202,3 +326,18 @@ def on_write_pte(vcpu, ev):
         if sp.space == space and ev["addr"] in sp.sptes:
             sp.unsync_addrs.add(ev["addr"])
     return None, "the write goes to guest memory; the leaf table is unsync, so it does not exit", False
+
+
+def on_write_ept(vcpu, ev):
+    """L1 rewrites a leaf entry of one of its EPT/NPT tables.  L0's shadow of
+    that table is unsync, so the write does not exit and the shadow keeps the
+    old entry until L1's INVEPT frees the root (the reload syncs it)."""
+    kvm = vcpu.kvm
+    if vcpu.guest_mode:
+        return None, "L2 is running: L1's EPT tables are not L2's memory (send vmexit first)", False
+    table = ept_table(ev["eptp"])
+    kvm.guest.ept_write(table, ev["gpa"] & PTE_FRAME, ev["value"])
+    for sp in kvm.mmu_page_hash.values():
+        if sp.space == ("ept", table) and ev["gpa"] & PTE_FRAME in sp.sptes:
+            sp.unsync_addrs.add(ev["gpa"] & PTE_FRAME)
+    return None, "L1 writes its EPT table; L0's shadow of it is unsync, so it does not exit", False

@@ -91,8 +91,10 @@ _V1_INFERRED = ("the base tree (kvm/queue during v5.18 development) is taken to 
                 "the series' patches 1-11; its TDP root role still carries guest CR0.WP/EFER.NX "
                 "because the cpu_role/root_role split came later")
 
+# v1 patches 1-11 reworked the fast switch to run after the MMU is set up
+# (what merged in v5.18), nested paths included (3cffc89d9d07).
 _V5_17_FAST_SWITCH = ("kvm_mmu_new_pgd", "__kvm_mmu_new_pgd", "fast_pgd_switch",
-                      "cached_root_available")
+                      "cached_root_available", "kvm_init_shadow_ept_mmu", "nested_vmx_load_cr3")
 
 SEED_V1 = replace(
     V5_17,

@@ -170,7 +170,8 @@ def fast_pgd_switch(vcpu, new_pgd, new_role):
     Mirrors: arch/x86/kvm/mmu/mmu.c: fast_pgd_switch() (v5.17)
     """
     mmu = vcpu.mmu
-    if mmu.root_role.level >= PT64_ROOT_4LEVEL and mmu.root_level >= PT64_ROOT_4LEVEL:
+    shadow_root_level = mmu.root_role.level if mmu.root_role is not None else 0  # never set up yet
+    if shadow_root_level >= PT64_ROOT_4LEVEL and mmu.root_level >= PT64_ROOT_4LEVEL:
         return vcpu.ops.cached_root_available(vcpu, new_pgd, new_role)
     return False
 
@@ -197,6 +198,34 @@ def cached_root_available(vcpu, new_pgd, new_role):
         vcpu.kvm.step.root_source = "cache"
         return True
     return False
+
+
+def kvm_init_shadow_ept_mmu(vcpu, new_eptp):
+    """As in v5.18+, but the switch passes the new EPT role itself: v5.17's
+    kvm_mmu_new_pgd() would compute a role from the registers instead.
+
+    Mirrors: arch/x86/kvm/mmu/mmu.c: kvm_init_shadow_ept_mmu() (v5.17)
+    """
+    from .nested import VMX_EPTP_AD_ENABLE_BIT, kvm_calc_shadow_ept_root_page_role
+    context = vcpu.guest_mmu
+    level = ((new_eptp >> 3) & 7) + 1
+    new_role = kvm_calc_shadow_ept_root_page_role(vcpu, bool(new_eptp & VMX_EPTP_AD_ENABLE_BIT),
+                                                  False, level)
+    vcpu.ops.__kvm_mmu_new_pgd(vcpu, new_eptp, new_role.base)
+    if new_role != context.cpu_role:
+        context.cpu_role, context.root_role, context.root_level = new_role, new_role.base, level
+
+
+def nested_vmx_load_cr3(vcpu, cr3, nested_ept):
+    """v5.17 switched roots *before* re-initialising the MMU (without nested
+    EPT), with a role computed from the registers then.
+
+    Mirrors: arch/x86/kvm/vmx/nested.c: nested_vmx_load_cr3() (v5.17)
+    """
+    if not nested_ept:
+        vcpu.ops.kvm_mmu_new_pgd(vcpu, cr3)
+    vcpu.cr3 = cr3
+    vcpu.ops.kvm_init_mmu(vcpu)
 
 
 def kvm_mmu_reload(vcpu):
@@ -254,6 +283,8 @@ V5_17 = Era(
         "cached_root_available": cached_root_available,
         "kvm_mmu_reload": kvm_mmu_reload,
         "kvm_mmu_invpcid_gva": kvm_mmu_invpcid_gva,
+        "kvm_init_shadow_ept_mmu": kvm_init_shadow_ept_mmu,
+        "nested_vmx_load_cr3": nested_vmx_load_cr3,
     },
     names={
         "kvm_tdp_mmu_alloc_root": "kvm_tdp_mmu_get_vcpu_root_hpa",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Callable, Optional
 
-from . import mmu, smm, tdp_mmu, vendor, x86
+from . import mmu, nested, smm, tdp_mmu, vendor, x86
 from .trace import traced
 
 # Every mirrored function, by the name the core calls it with.
@@ -34,6 +34,11 @@ for _module, _names in [
           "kvm_check_and_inject_events vcpu_enter_guest"),
     (smm, "kvm_inject_smi process_smi kvm_smm_changed enter_smm em_rsm emulator_leave_smm "
           "rsm_load_state_64 rsm_enter_protected_mode"),
+    (nested, "kvm_init_shadow_ept_mmu kvm_init_shadow_npt_mmu init_kvm_nested_mmu "
+             "nested_ept_init_mmu_context nested_ept_uninit_mmu_context nested_vmx_load_cr3 "
+             "nested_vmx_transition_tlb_flush nested_vmx_enter_non_root_mode nested_vmx_vmexit "
+             "load_vmcs12_host_state handle_invept handle_invvpid vpid_sync_context "
+             "vpid_sync_vcpu_addr vendor_enter_smm vendor_leave_smm"),
 ]:
     for _name in _names.split():
         CORE_FUNCTIONS[_name] = getattr(_module, _name)

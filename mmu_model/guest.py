@@ -9,7 +9,12 @@ architecture lets its TLB still hold, and the hardware TLB that KVM drives.
   structures under a PCID since the last invalidation the SDM requires
   (x86-tlb-rules §1; the invalidations are a minimum, a CPU may drop more).
 * :class:`HwTlb` - per vCPU, what the hardware TLB actually caches: linear
-  translations tagged by PCID and, under TDP, by the EPTP (the TDP root).
+  translations tagged by PCID and by (VPID, EPTP) - the EPTP being the TDP
+  root on VMX - and, for nested TDP, L2's guest-physical translations
+  tagged by the EPTP of the shadow EPT root.
+* :class:`EptArchTlb` - per vCPU, the guest-physical translations of L1's
+  EPT/NPT tables that the architecture lets L2 still use (SDM 28.3.3: only
+  INVEPT, or an EPT violation for that address, removes them).
 
 This module imports nothing from the model; the model and the checker call it.
 """
@@ -47,11 +52,33 @@ def describe(value) -> str:
     return f"frame {(value & PTE_FRAME) >> PAGE_SHIFT:#x} {flags}"
 
 
+# EPT entries (SDM 29.3.2): read, write and execute permission in bits 0-2.
+EPT_R, EPT_W, EPT_X = 1, 2, 4
+EPT_RWX = EPT_R | EPT_W | EPT_X
+# Where L1 puts L2's memory by default: L2 page n at L1 page n + EPT_OFFSET.
+EPT_OFFSET = 0x100000
+
+
+def ept_entry(frame: int, perms: int = EPT_RWX) -> int:
+    return (frame << PAGE_SHIFT) | perms
+
+
+def describe_ept(value) -> str:
+    """A short human form of an EPT/NPT leaf entry."""
+    if value is None or not value & EPT_RWX:
+        return "not present"
+    perms = "".join(c for c, bit in (("R", EPT_R), ("W", EPT_W), ("X", EPT_X)) if value & bit)
+    return f"L1 frame {(value & PTE_FRAME) >> PAGE_SHIFT:#x} {perms}"
+
+
 class GuestMemory:
-    """Leaf PTEs per address space (CR3 frame number -> {linear page -> pte})."""
+    """Leaf PTEs per address space (CR3 frame number -> {linear page -> pte}),
+    and, for nested TDP, L1's EPT/NPT leaf entries per table (EPTP or nCR3
+    frame -> {L2 guest-physical page -> entry})."""
 
     def __init__(self):
         self.tables: dict[int, dict[int, int]] = {}
+        self.ept: dict[int, dict[int, int]] = {}
 
     def table(self, space: int) -> dict[int, int]:
         t = self.tables.get(space)
@@ -68,6 +95,22 @@ class GuestMemory:
 
     def write(self, space: int, addr: int, value: int) -> None:
         self.table(space)[addr] = value
+
+    def ept_read(self, table: int, gpa: int) -> int:
+        """L1's entry for L2 page ``gpa``; unwritten entries map it RWX at
+        gpa + EPT_OFFSET (every EPT table starts as that identity-like map)."""
+        value = self.ept.get(table, {}).get(gpa)
+        return ept_entry((gpa >> PAGE_SHIFT) + EPT_OFFSET) if value is None else value
+
+    def ept_write(self, table: int, gpa: int, value: int) -> None:
+        self.ept.setdefault(table, {})[gpa] = value
+
+    def l2_gpas(self, table: int) -> set:
+        """Every L2 page an L2 access could reach: the frames of the present
+        entries of every address space, and those L1's table names."""
+        gpas = {v & PTE_FRAME for t in self.tables.values() for v in t.values() if v & PTE_P}
+        gpas.update(self.ept.get(table, ()))
+        return gpas
 
 
 class ArchTlb:
@@ -123,16 +166,66 @@ class ArchTlb:
     def flush_pcid_addr_nonglobal(self, step, pcid, addr):
         self._drop(step, lambda p, a, g: a != addr or p != pcid or g)
 
+    def flush_addr_all_pcids(self, step, addr):
+        """INVVPID individual-address: the address in every PCID, globals too."""
+        self._drop(step, lambda p, a, g: a != addr)
+
+
+class EptArchTlb:
+    """The guest-physical mappings the architecture lets L2 still use.
+
+    ``entries`` maps (EPT table, L2 page) to the set of entries seen present
+    while L2 ran on that table; ``removed`` remembers which step's INVEPT or
+    EPT violation dropped each one.
+    """
+
+    def __init__(self):
+        self.entries: dict[tuple, set] = {}
+        self.removed: dict[tuple, int] = {}
+
+    def observe(self, table: int, mapping: dict) -> None:
+        for gpa, value in mapping.items():
+            if value & EPT_RWX:
+                self.entries.setdefault((table, gpa), set()).add(value)
+
+    def allowed(self, table: int, gpa: int) -> set:
+        return self.entries.get((table, gpa), set())
+
+    def _drop(self, step, keep) -> None:
+        for (table, gpa), values in list(self.entries.items()):
+            if not keep(table, gpa):
+                for value in values:
+                    self.removed[(table, gpa, value)] = step
+                del self.entries[(table, gpa)]
+
+    def flush_table(self, step, table):
+        """INVEPT single-context (SDM 28.3.3.1)."""
+        self._drop(step, lambda t, g: t != table)
+
+    def flush_all(self, step):
+        """INVEPT all-context."""
+        self._drop(step, lambda t, g: False)
+
+    def flush_gpa(self, step, table, gpa):
+        """An EPT violation drops the mapping that caused it."""
+        self._drop(step, lambda t, g: (t, g) != (table, gpa))
+
 
 class HwTlb:
-    """The hardware TLB of one vCPU: (pcid, addr) -> (pte value, global, tag).
+    """The hardware TLB of one vCPU.
 
-    ``tag`` is the TDP root (EPTP) the combined mapping was made under, or None
-    for the linear mappings of shadow paging.  A lookup needs the current tag.
+    ``entries``: (pcid, addr) -> (pte value, global, tag), where ``tag`` is
+    (VPID, EPTP): the VPID the hardware ran the guest with (the model's 1 for
+    vpid01 and L1, 2 for L2's vpid02; SVM's one ASID is 1) and the TDP root the
+    combined mapping was made under (None for shadow paging and SVM).  A
+    lookup needs the current tag.  ``gpa``: (EPTP, L2 page) -> EPT entry, the
+    guest-physical mappings of nested TDP, which only an INVEPT of that EPTP
+    (flush_eptp) or a full flush removes.
     """
 
     def __init__(self):
         self.entries: dict[tuple, tuple] = {}
+        self.gpa: dict[tuple, int] = {}
 
     def lookup(self, pcid, addr, tag):
         e = self.entries.get((pcid, addr))
@@ -146,30 +239,40 @@ class HwTlb:
     def fill(self, pcid, addr, value, tag):
         self.entries[(pcid, addr)] = (value, bool(value & PTE_G), tag)
 
-    def _drop(self, keep):
-        self.entries = {k: e for k, e in self.entries.items() if keep(k[0], k[1], e[1], e[2])}
+    def _drop(self, keep, vpid=None):
+        """Drop entries ``keep`` rejects; with ``vpid``, only that VPID's."""
+        self.entries = {k: e for k, e in self.entries.items()
+                        if (vpid is not None and e[2][0] != vpid) or keep(k[0], k[1], e[1], e[2])}
 
     def flush_all(self):
         self.entries.clear()
+        self.gpa.clear()
 
-    def flush_tag(self, tag):
-        self._drop(lambda p, a, g, t: t != tag)
+    def flush_eptp(self, eptp):
+        """INVEPT single-context: combined and guest-physical mappings of one EPTP."""
+        self._drop(lambda p, a, g, t: t[1] != eptp)
+        self.gpa = {k: v for k, v in self.gpa.items() if k[0] != eptp}
 
-    def flush_addr_all_pcids(self, addr):
-        self._drop(lambda p, a, g, t: a != addr)
+    def flush_vpid(self, vpid):
+        """INVVPID single-context: linear and combined mappings of one VPID."""
+        self._drop(lambda p, a, g, t: t[0] != vpid)
 
-    # native execution of guest instructions (TDP): the SDM's minimum
-    def flush_nonglobal(self):
-        self._drop(lambda p, a, g, t: g)
+    def flush_addr_all_pcids(self, addr, vpid):
+        self._drop(lambda p, a, g, t: a != addr or t[0] != vpid)
 
-    def flush_pcid_nonglobal(self, pcid):
-        self._drop(lambda p, a, g, t: p != pcid or g)
+    # native execution of guest instructions (TDP): the SDM's minimum, for
+    # the VPID the guest runs with
+    def flush_nonglobal(self, vpid=None):
+        self._drop(lambda p, a, g, t: g, vpid)
 
-    def flush_pcid(self, pcid):
-        self._drop(lambda p, a, g, t: p != pcid)
+    def flush_pcid_nonglobal(self, pcid, vpid=None):
+        self._drop(lambda p, a, g, t: p != pcid or g, vpid)
 
-    def flush_addr(self, pcid, addr):
-        self._drop(lambda p, a, g, t: a != addr or (p != pcid and not g))
+    def flush_pcid(self, pcid, vpid=None):
+        self._drop(lambda p, a, g, t: p != pcid, vpid)
 
-    def flush_pcid_addr_nonglobal(self, pcid, addr):
-        self._drop(lambda p, a, g, t: a != addr or p != pcid or g)
+    def flush_addr(self, pcid, addr, vpid=None):
+        self._drop(lambda p, a, g, t: a != addr or (p != pcid and not g), vpid)
+
+    def flush_pcid_addr_nonglobal(self, pcid, addr, vpid=None):
+        self._drop(lambda p, a, g, t: a != addr or p != pcid or g, vpid)

@@ -52,9 +52,13 @@ def check_invariants(kvm) -> list[str]:
             continue
         if root.role != mmu.root_role:
             problems.append(f"vCPU {vcpu.vcpu_id}: current root {root.id} was built for another role")
-        if not mmu.root_role.direct and mmu.root.pgd != vcpu.cr3:
+        pgd = vcpu.vmcs12.ept_pointer if mmu is vcpu.guest_mmu else vcpu.cr3
+        if not mmu.root_role.direct and mmu.root.pgd != pgd:
             problems.append(f"vCPU {vcpu.vcpu_id}: current root {root.id} shadows {mmu.root.pgd:#x}, "
-                            f"CR3 is {vcpu.cr3:#x}")
+                            f"but the {'EPTP' if mmu is vcpu.guest_mmu else 'CR3'} is {pgd:#x}")
+        if vcpu.kvm.nested and (mmu is vcpu.guest_mmu) != vcpu.guest_mode:
+            problems.append(f"vCPU {vcpu.vcpu_id} runs {'L2' if vcpu.guest_mode else 'L1'} "
+                            f"on {mmu.name}")
     return problems
 
 
@@ -64,7 +68,9 @@ def state_snapshot(kvm) -> tuple:
     for v in kvm.vcpus:
         slots = tuple((label, info.pgd, getattr(info.hpa, "id", None))
                       for mmu in (v.root_mmu, v.guest_mmu) for label, info in mmu.slots())
-        vcpus.append((v.cr0, v.cr3, v.cr4, v.efer, v.smm, slots, v.smi_pending, v.init_latched))
+        vmcs12 = (v.vmcs12.ept_pointer, v.vmcs12.virtual_processor_id) if v.vmcs12 else None
+        vcpus.append((v.cr0, v.cr3, v.cr4, v.efer, v.smm, slots, v.smi_pending, v.init_latched,
+                      v.guest_mode, v.mmu.name, vmcs12))
     pages = tuple(sorted((sp.id, sp.root_count, sp.destroyed)
                          for sp in set(kvm.mmu_page_hash.values()) | set(kvm.tdp_mmu_roots)))
     return tuple(vcpus), pages

@@ -121,6 +121,27 @@ class KvmMmu:
             yield f"prev{i}", r
 
 
+class Vmcs12:
+    """What L1 put in its VMCS for L2 (SVM: its VMCB), as far as roots care.
+
+    ``guest_*`` hold L2's paging registers while L1 runs, ``host_*`` L1's while
+    L2 runs; ``ept_pointer`` is the EPTP (SVM: the nested CR3);
+    ``virtual_processor_id`` is vpid12, 0 when vmcs12 does not enable VPID.
+
+    Mirrors: arch/x86/kvm/vmx/vmcs12.h: struct vmcs12 (and SVM's cached
+    struct vmcb_ctrl_area_cached / vmcb_save_area_cached)
+    """
+    __slots__ = ("guest_cr0", "guest_cr3", "guest_cr4", "guest_efer", "host_cr0", "host_cr3",
+                 "host_cr4", "host_efer", "ept_pointer", "virtual_processor_id")
+
+    def __init__(self, guest: dict, host: dict, ept_pointer: int, vpid: int):
+        for k in ("cr0", "cr3", "cr4", "efer"):
+            setattr(self, f"guest_{k}", guest[k])
+            setattr(self, f"host_{k}", host[k])
+        self.ept_pointer = ept_pointer
+        self.virtual_processor_id = vpid
+
+
 class KvmVcpu:
     """struct kvm_vcpu with the parts of struct kvm_vcpu_arch the model needs."""
 
@@ -133,18 +154,35 @@ class KvmVcpu:
         self.cr4 = 0
         self.efer = 0
         self.smm = False            # hflags & HF_SMM_MASK
-        self.guest_mode = False     # is_guest_mode(): always false outside nested-tdp
+        self.guest_mode = False     # is_guest_mode(): L2 is running (nested-tdp only)
         self.features = ALL_FEATURES
         self.root_mmu = KvmMmu("root_mmu")
         self.guest_mmu = KvmMmu("guest_mmu")
+        self.nested_mmu = KvmMmu("nested_mmu")     # L2's walker: roles, never roots
         self.mmu = self.root_mmu
         self.walk_mmu = self.root_mmu
+        self.vmcs12 = None          # nested-tdp: L1's VMCS for L2 (Vmcs12)
+        self.last_vpid = 0          # vmx->nested.last_vpid
+        self.smm_guest_mode = False  # vmx->nested.smm.guest_mode: RSM re-enters L2
+        self.vmxon = False          # vmx->nested.vmxon: L1 is in VMX operation (cleared in SMM)
         self.requests: dict = {}
         self.smram = None           # the state saved by enter_smm()
         self.smi_pending = False
         self.init_latched = False   # an INIT received while in SMM
-        self.arch_tlb = None        # the architectural checker's state (guest.py)
-        self.hwtlb = None
+        self.arch_tlbs = None       # the architectural checker's state (guest.py):
+        self.hwtlb = None           # one ArchTlb per (VPID, EPTP) context, the
+        self.ept_arch = None        # hardware TLB, and L2's guest-physical mappings
+
+    @property
+    def arch_tlb(self):
+        """The ArchTlb of the context the guest runs in now: (vpid, EPT table)
+        as L1 sees it - (0, None) for L1 itself, (vpid12, EPTP frame) for L2."""
+        key = arch_context(self)
+        tlb = self.arch_tlbs.get(key)
+        if tlb is None:
+            from .guest import ArchTlb
+            tlb = self.arch_tlbs[key] = ArchTlb()
+        return tlb
 
     def pcid(self, cr3: int) -> int:
         """kvm_get_pcid(): the PCID of a CR3 value, 0 while CR4.PCIDE=0."""
@@ -156,7 +194,18 @@ class KvmVcpu:
 
     def regs(self) -> dict:
         return {"cr0": self.cr0, "cr3": self.cr3, "cr4": self.cr4, "efer": self.efer,
-                "smm": self.smm}
+                "smm": self.smm, "guest_mode": self.guest_mode}
+
+
+def arch_context(vcpu):
+    if not vcpu.guest_mode:
+        return (0, None)
+    return (vcpu.vmcs12.virtual_processor_id, ept_table(vcpu.vmcs12.ept_pointer))
+
+
+def ept_table(eptp: int) -> int:
+    """The frame of the top-level EPT (or NPT) table an EPTP / nCR3 names."""
+    return (eptp & ~0xFFF & ((1 << 52) - 1)) >> 12
 
 
 class StepLog:
@@ -203,7 +252,8 @@ class Kvm:
         self.mode = mode
         self.vendor = vendor
         self.tdp_enabled = mode != "shadow"
-        self.tdp_mmu_enabled = mode == "tdp"
+        self.tdp_mmu_enabled = mode in ("tdp", "nested-tdp")
+        self.nested = mode == "nested-tdp"    # L1 runs L2 under EPT/NPT
         self.mmu_page_hash: dict = {}
         self.tdp_mmu_roots: list = []
         self.guest = None           # GuestMemory when the checker is on

@@ -11,6 +11,7 @@ pages are never unsync (there is no guest memory to write).
 """
 from __future__ import annotations
 
+from .guest import EPT_RWX, PTE_FRAME
 from .kvm import (
     KVM_MMU_NUM_PREV_ROOTS,
     KVM_MMU_ROOT_CURRENT,
@@ -111,11 +112,15 @@ def kvm_mmu_reset_context(vcpu):
 # Roles
 
 def kvm_init_mmu(vcpu):
-    """Recompute the active context's roles; never touches roots.
+    """Recompute the active context's roles; never touches roots.  While L2
+    runs under nested EPT/NPT only the walker (nested_mmu) is recomputed:
+    guest_mmu's role is set by the nested VM-entry code.
 
     Mirrors: arch/x86/kvm/mmu/mmu.c: kvm_init_mmu()
     """
-    if vcpu.kvm.tdp_enabled:
+    if vcpu.walk_mmu is vcpu.nested_mmu:
+        vcpu.ops.init_kvm_nested_mmu(vcpu)
+    elif vcpu.kvm.tdp_enabled:
         vcpu.ops.init_kvm_tdp_mmu(vcpu)
     else:
         vcpu.ops.init_kvm_softmmu(vcpu)
@@ -315,13 +320,16 @@ def mmu_alloc_shadow_roots(vcpu):
     PDPTE; 2-level: one per quadrant of the guest's page directory).
     Mirrors: arch/x86/kvm/mmu/mmu.c: mmu_alloc_shadow_roots()
     """
+    from .nested import kvm_mmu_get_guest_pgd
     kvm, mmu, ops = vcpu.kvm, vcpu.mmu, vcpu.ops
-    root_pgd = vcpu.cr3 if mmu is vcpu.root_mmu else 0
-    root_gfn = root_pgd >> PAGE_SHIFT
+    root_pgd = kvm_mmu_get_guest_pgd(vcpu, mmu)
+    root_gfn = (root_pgd & PTE_FRAME) >> PAGE_SHIFT
     if mmu.root_level >= PT64_ROOT_4LEVEL:
         before = kvm.step.allocated
         sp = ops.mmu_alloc_root(vcpu, root_gfn, 0, mmu.root_role.level)
-        sp.space = root_gfn
+        # The checker's view of what it shadows: L2's tables under L1's EPT/NPT
+        # (a tuple, so it never equals a CR3 frame) or the guest's own.
+        sp.space = ("ept", root_gfn) if mmu is vcpu.guest_mmu else root_gfn
         kvm.step.root_source = "new" if kvm.step.allocated > before else "hash"
         mmu.root = KvmMmuRootInfo(root_pgd, sp)
         return
@@ -361,9 +369,10 @@ def sync_page(kvm, sp, addrs=None) -> None:
     if guest is None or sp is None or sp.space is None or not sp.unsync_addrs:
         return
     todo = list(sp.unsync_addrs) if addrs is None else [a for a in addrs if a in sp.unsync_addrs]
+    ept = type(sp.space) is tuple
     for addr in todo:
-        value = guest.read(sp.space, addr)
-        if value is not None and value & 1:
+        value = guest.ept_read(sp.space[1], addr) if ept else guest.read(sp.space, addr)
+        if value is not None and value & (EPT_RWX if ept else 1):
             sp.sptes[addr] = value
         else:
             sp.sptes.pop(addr, None)

@@ -51,7 +51,21 @@ def step_outcome(index, vcpu, op, fault, reason, intercepted, calls, log) -> dic
         "counts": {"resets": log.resets, "allocated": log.allocated,
                     "cache_hits": log.cache_hits, "hash_hits": log.hash_hits,
                     "tdp_reuses": log.tdp_reuses},
-    }
+    } | (nested_json(vcpu) if vcpu.kvm.nested else {})
+
+
+def nested_json(vcpu) -> dict:
+    """nested-tdp only: which level runs, and both root-holding contexts."""
+    v = vcpu.vmcs12
+    return {"nested": {
+        "level": "L2" if vcpu.guest_mode else "L1",
+        "mmu": vcpu.mmu.name,
+        "eptp": hex(v.ept_pointer), "vpid12": v.virtual_processor_id,
+        "root_mmu": {"root": root_json(vcpu.root_mmu.root),
+                     "prev_roots": [root_json(r) for r in vcpu.root_mmu.prev_roots]},
+        "guest_mmu": {"root": root_json(vcpu.guest_mmu.root),
+                      "prev_roots": [root_json(r) for r in vcpu.guest_mmu.prev_roots]},
+    }}
 
 
 def empty_totals() -> dict:

@@ -13,7 +13,7 @@ from typing import Any
 
 from .registers import PRESETS, REGISTER_FLAGS
 
-MODES = ("shadow", "tdp", "tdp-legacy")
+MODES = ("shadow", "tdp", "tdp-legacy", "nested-tdp")
 VENDORS = ("vmx", "svm")
 MAX_VCPUS = 64
 MAX_EVENTS = 1_000_000
@@ -32,7 +32,14 @@ OPS = {
     "init": ((), ()),
     "access": (("addr",), ("write", "user", "fetch")),
     "write_pte": (("cr3", "addr", "value"), ()),
+    # nested-tdp only: L1's side of running L2
+    "vmentry": ((), ("eptp", "vpid")),
+    "vmexit": ((), ()),
+    "invept": (("type",), ("eptp",)),
+    "invvpid": (("type",), ("vpid", "addr")),
+    "write_ept": (("eptp", "gpa", "value"), ()),
 }
+NESTED_OPS = ("vmentry", "vmexit", "invept", "invvpid", "write_ept")
 REG_OF_OP = {"mov_cr0": "cr0", "mov_cr4": "cr4", "wrmsr_efer": "efer"}
 
 
@@ -80,7 +87,8 @@ def event_to_json(e: dict) -> dict:
         if k == "vcpu" and v == 0:
             continue
         if isinstance(v, int) and not isinstance(v, bool) and k in ("value", "cr0", "cr3", "cr4",
-                                                                    "efer", "addr"):
+                                                                    "efer", "addr", "eptp",
+                                                                    "gpa"):
             v = hex(v)
         out[k] = v
     return out
@@ -174,6 +182,21 @@ def parse_event(raw: Any, path: str, vcpus: int) -> dict:
     elif op == "write_pte":
         for k in ("cr3", "addr", "value"):
             ev[k] = _int(raw[k], f"{path}.{k}")
+    elif op == "vmentry":
+        if "eptp" in raw:
+            ev["eptp"] = _int(raw["eptp"], f"{path}.eptp")
+        if "vpid" in raw:
+            ev["vpid"] = _int(raw["vpid"], f"{path}.vpid", 16)
+    elif op == "invept":
+        ev["type"] = _int(raw["type"], f"{path}.type")
+        ev["eptp"] = _int(raw.get("eptp", 0), f"{path}.eptp")
+    elif op == "invvpid":
+        ev["type"] = _int(raw["type"], f"{path}.type")
+        ev["vpid"] = _int(raw.get("vpid", 0), f"{path}.vpid")
+        ev["addr"] = _int(raw.get("addr", 0), f"{path}.addr")
+    elif op == "write_ept":
+        for k in ("eptp", "gpa", "value"):
+            ev[k] = _int(raw[k], f"{path}.{k}")
     elif op == "set_sregs":
         if not any(k in raw for k in ("cr0", "cr3", "cr4", "efer")):
             raise ScenarioError(path, "set_sregs needs at least one of cr0, cr3, cr4, efer")
@@ -237,6 +260,10 @@ def parse_scenario(data: Any, default_name: str = "scenario") -> Scenario:
     if len(events) > MAX_EVENTS:
         raise ScenarioError("events", f"at most {MAX_EVENTS} events")
     parsed = [parse_event(e, f"events[{i}]", vcpus) for i, e in enumerate(events)]
+    for i, ev in enumerate(parsed):
+        if ev["op"] in NESTED_OPS and mode != "nested-tdp":
+            raise ScenarioError(f"events[{i}].op", f"{ev['op']} is L1 running L2: it needs "
+                                f"\"mode\": \"nested-tdp\" (the scenario's mode is {mode!r})")
     return Scenario(name, desc, mode, vendor, vcpus, start, preset, parsed, era, story, links)
 
 

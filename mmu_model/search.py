@@ -26,6 +26,10 @@ STARTS = ("long-mode", "long-mode-pcid")
 FRAMES = (0x7000, 0x7001)
 WEIGHTS = (("access", 4), ("mov_cr3", 4), ("write_pte", 3), ("invlpg", 1), ("cr4", 2),
            ("cr0", 1), ("invpcid", 1), ("smm", 1), ("init", 0.3))
+# nested-tdp adds L1's side: leave or re-enter L2, rewrite an EPT entry, INVEPT, INVVPID.
+NESTED_WEIGHTS = (("switch", 2), ("write_ept", 3), ("invept", 1), ("invvpid", 0.5))
+EPTPS = (0x5005E, 0x6005E)
+EPT_FRAMES = (0x200000, 0x200001)
 
 
 def _choose(rng, sim, kinds=WEIGHTS, cr4_bits=("PCIDE", "PGE", "PAE", "SMEP")) -> dict:
@@ -63,7 +67,25 @@ def _choose(rng, sim, kinds=WEIGHTS, cr4_bits=("PCIDE", "PGE", "PAE", "SMEP")) -
                 "addr": hex(addr)}
     if kind == "smm":
         return {"op": "rsm" if vcpu.smm else "smi"}
-    return {"op": "init"}
+    if kind == "init":
+        return {"op": "init"}
+    # nested-tdp: L1's actions (an L2 that is running exits first)
+    if vcpu.guest_mode and kind != "switch":
+        return {"op": "vmexit"}
+    if kind == "switch":
+        if vcpu.guest_mode:
+            return {"op": "vmexit"}
+        return {"op": "vmentry", "eptp": hex(rng.choice(EPTPS)), "vpid": rng.randrange(3)}
+    if kind == "write_ept":
+        entry = sim.kvm.guest.read(rng.choice(SPACES) >> 12, addr)
+        gpa = (entry or 0) & ~0xFFF & ((1 << 52) - 1)
+        value = rng.choice(EPT_FRAMES) << 12 | (0 if rng.random() < 0.15 else 7)
+        return {"op": "write_ept", "eptp": hex(rng.choice(EPTPS)), "gpa": hex(gpa),
+                "value": hex(value)}
+    if kind == "invept":
+        return {"op": "invept", "type": rng.choice((1, 2)), "eptp": hex(rng.choice(EPTPS))}
+    return {"op": "invvpid", "type": rng.randrange(4), "vpid": rng.randrange(1, 3),
+            "addr": hex(addr)}
 
 
 def _after(raw, start) -> list:
@@ -89,11 +111,12 @@ def run_program(era, mode, vendor, start, events):
     return None
 
 
-def _swarm(rng):
+def _swarm(rng, mode="shadow"):
     """Swarm testing: each program uses a random subset of the kinds of action
     (and of the CR4 bits), so short motifs made of a few kinds come up far more
     often than in programs that mix everything."""
-    kinds = [kw for kw in WEIGHTS if rng.random() < 0.75] or list(WEIGHTS)
+    weights = WEIGHTS + (NESTED_WEIGHTS if mode == "nested-tdp" else ())
+    kinds = [kw for kw in weights if rng.random() < 0.75] or list(weights)
     bits = [b for b in ("PCIDE", "PGE", "PAE", "SMEP") if rng.random() < 0.75] or ["PCIDE"]
     return kinds, tuple(bits)
 
@@ -101,7 +124,7 @@ def _swarm(rng):
 def random_program(era, mode, vendor, rng, length):
     """Generate and run one program; (start, events, first violation or None)."""
     start = rng.choice(STARTS)
-    kinds, bits = _swarm(rng)
+    kinds, bits = _swarm(rng, mode)
     sim = Simulation(era, mode, vendor, 1, PRESETS[start].registers(), trace=False)
     events = []
     while len(events) < length:

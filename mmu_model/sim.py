@@ -7,13 +7,13 @@ kernel thing, so its names are ordinary words.
 """
 from __future__ import annotations
 
-from . import checker, vendor, x86
+from . import checker, nested, vendor, x86
 from .eras import DEFAULT_ERA, Era, get_era
 from .kvm import Kvm, StepLog
 from .mmu import is_noncanonical_address
 from .outcome import add_to_totals, empty_totals, step_outcome
-from .registers import X86_CR3_PCID_NOFLUSH, X86_CR4_PCIDE, X86_FEATURE
-from .scenario import Scenario, ScenarioError, parse_event, parse_start
+from .registers import PRESETS, X86_CR0_PG, X86_CR3_PCID_NOFLUSH, X86_CR4_PCIDE, X86_FEATURE
+from .scenario import NESTED_OPS, Scenario, ScenarioError, parse_event, parse_start
 from .trace import Trace
 
 
@@ -45,17 +45,29 @@ class Simulation:
 
     def _bring_up(self, vcpu, start):
         """Userspace sets the start registers, then the vCPU's first VM entry
-        loads a root.  Not a step: it leaves no outcome."""
+        loads a root.  Not a step: it leaves no outcome.
+
+        Under nested-tdp the start registers are L2's: L1 (in long mode, its
+        tables at nested.L1_CR3) comes up first, then enters L2 with the
+        default EPTP and VPID."""
         err = x86.kvm_is_valid_sregs(vcpu, start)
         if err:
             raise ScenarioError("start", f"not a valid starting state: {err}")
-        vcpu.cr0, vcpu.cr3, vcpu.cr4, vcpu.efer = (start["cr0"], start["cr3"], start["cr4"],
-                                                  start["efer"])
+        regs = start
+        if self.kvm.nested:
+            regs = {**PRESETS["long-mode"].registers(), "cr3": nested.L1_CR3}
+            vcpu.vmcs12 = nested.new_vmcs12(start, regs, self.vendor)
+            vcpu.vmxon = self.vendor == "vmx"
+        vcpu.cr0, vcpu.cr3, vcpu.cr4, vcpu.efer = (regs["cr0"], regs["cr3"], regs["cr4"],
+                                                  regs["efer"])
         if x86.is_pae_paging(vcpu):
             vcpu.ops.load_pdptrs(vcpu, vcpu.cr3)
         vcpu.ops.kvm_init_mmu(vcpu)
         vcpu.requests.clear()
         vcpu.ops.vcpu_enter_guest(vcpu)
+        if self.kvm.nested:
+            vcpu.ops.nested_vmx_enter_non_root_mode(vcpu, True)
+            vcpu.ops.vcpu_enter_guest(vcpu)
 
     # ------------------------------------------------------------------
     def step(self, ev: dict) -> dict:
@@ -73,7 +85,7 @@ class Simulation:
         fault, reason, intercepted = HANDLERS[ev["op"]](vcpu, ev)
         if intercepted:
             vcpu.ops.vcpu_enter_guest(vcpu)
-        if self.check and fault is None:
+        if self.check and fault is None and (intercepted or ev["op"] not in NESTED_OPS):
             native = not intercepted and kvm.tdp_enabled and ev["op"] in NATIVE_OPS
             checker.arch_effects(vcpu, ev, before, log.index, native)
         found = []
@@ -203,6 +215,71 @@ def on_init(vcpu, ev):
     return None, note, True
 
 
+def _l1_instruction(vcpu, what):
+    """None if L1 may run this VMX instruction now, else (fault, reason)."""
+    if not vcpu.kvm.nested:
+        return "UD", f"{what}: this guest has no VMX (the mode is not nested-tdp)"
+    if vcpu.kvm.vendor == "svm" and what in ("INVEPT", "INVVPID"):
+        return "UD", f"{what} is a VMX instruction; SVM has none"
+    if vcpu.guest_mode:
+        return None, f"L2 is running: {what} is L1's instruction (send vmexit first)"
+    return None
+
+
+def on_vmentry(vcpu, ev):
+    name = "VMLAUNCH" if vcpu.kvm.vendor == "vmx" else "VMRUN"
+    blocked = _l1_instruction(vcpu, name)
+    if blocked:
+        return (*blocked, False)
+    v = vcpu.vmcs12
+    eptp = ev.get("eptp", v.ept_pointer)
+    if vcpu.kvm.vendor == "vmx":
+        err = nested.nested_vmx_check_eptp(vcpu, eptp)
+    else:
+        err = (0 if x86.kvm_vcpu_is_legal_cr3(vcpu, eptp) and not eptp & 0xFFF
+               else f"nCR3 {eptp:#x} is not a legal page-table address")
+    if not err and not vcpu.cr0 & X86_CR0_PG:
+        err = ("L1 runs with paging off; nested NPT needs L1's CR0.PG=1 (KVM WARNs), "
+               "which the model does not cover")
+    if err:
+        return "VMfail", f"the VM-entry fails its checks: {err}", True
+    v.ept_pointer = eptp
+    v.virtual_processor_id = ev.get("vpid", v.virtual_processor_id)
+    vcpu.ops.nested_vmx_enter_non_root_mode(vcpu, True)
+    return None, None, True
+
+
+def on_vmexit(vcpu, ev):
+    if not vcpu.kvm.nested:
+        return "UD", "vmexit: there is no L2 (the mode is not nested-tdp)", False
+    if not vcpu.guest_mode:
+        return None, "L1 is running: there is no L2 to exit from", False
+    vcpu.ops.nested_vmx_vmexit(vcpu)
+    return None, "L2 exits to L1 (an exit L1 intercepts)", True
+
+
+def on_invept(vcpu, ev):
+    blocked = _l1_instruction(vcpu, "INVEPT")
+    if blocked:
+        return (*blocked, False)
+    return (*_fault(vcpu.ops.handle_invept(vcpu, ev["type"], ev["eptp"])), True)
+
+
+def on_invvpid(vcpu, ev):
+    blocked = _l1_instruction(vcpu, "INVVPID")
+    if blocked:
+        return (*blocked, False)
+    return (*_fault(vcpu.ops.handle_invvpid(vcpu, ev["type"], ev["vpid"], ev["addr"])), True)
+
+
+def on_write_ept(vcpu, ev):
+    if not vcpu.kvm.nested:
+        return "UD", "write_ept: there is no L1 hypervisor (the mode is not nested-tdp)", False
+    if vcpu.kvm.guest is None:
+        return None, "the checker is off: guest memory is not modelled", False
+    return checker.on_write_ept(vcpu, ev)
+
+
 # Guest instructions the CPU executes itself when they do not exit.
 NATIVE_OPS = {"mov_cr0", "mov_cr4", "mov_cr3", "invlpg", "invpcid"}
 
@@ -211,6 +288,8 @@ HANDLERS = {
     "mov_cr0": on_mov_cr0, "mov_cr4": on_mov_cr4, "mov_cr3": on_mov_cr3,
     "wrmsr_efer": on_wrmsr_efer, "invpcid": on_invpcid, "invlpg": on_invlpg,
     "smi": on_smi, "rsm": on_rsm, "set_sregs": on_set_sregs, "init": on_init,
+    "vmentry": on_vmentry, "vmexit": on_vmexit, "invept": on_invept, "invvpid": on_invvpid,
+    "write_ept": on_write_ept,
 }
 
 

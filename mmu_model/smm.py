@@ -46,7 +46,8 @@ def kvm_smm_changed(vcpu, entering_smm):
 
 
 def enter_smm(vcpu):
-    """Save state to SMRAM, enter SMM with paging off, reset the MMU twice.
+    """Save state to SMRAM, let the vendor leave guest mode (a forced nested
+    VM-exit if L2 was running), enter SMM with paging off, reset the MMU twice.
 
     The CR0/CR4/EFER writes go through the vendor setters, bypassing the
     kvm_post_set_* hooks; the final reset picks up the new registers.
@@ -54,6 +55,7 @@ def enter_smm(vcpu):
     """
     ops = vcpu.ops
     vcpu.smram = (vcpu.cr0, vcpu.cr3, vcpu.cr4, vcpu.efer)
+    ops.vendor_enter_smm(vcpu)
     ops.kvm_smm_changed(vcpu, True)
     ops.set_cr0(vcpu, vcpu.cr0 & ~(X86_CR0_PE | X86_CR0_EM | X86_CR0_TS | X86_CR0_PG))
     ops.set_cr4(vcpu, 0)
@@ -74,7 +76,8 @@ def em_rsm(vcpu):
 
 def emulator_leave_smm(vcpu):
     """Leave SMM: reset the MMU, step down to real mode through the normal
-    CR/EFER write paths, then restore the saved registers.
+    CR/EFER write paths, let the vendor re-enter L2 if the SMI interrupted
+    it, then restore the saved registers.
 
     Mirrors: arch/x86/kvm/smm.c: emulator_leave_smm() (the body of em_rsm()
     before v6.2)
@@ -91,6 +94,7 @@ def emulator_leave_smm(vcpu):
     if cr4 & X86_CR4_PAE:
         ops.kvm_set_cr4(vcpu, cr4 & ~X86_CR4_PAE)
     ops.set_efer(vcpu, 0)
+    ops.vendor_leave_smm(vcpu)
     ops.rsm_load_state_64(vcpu)
 
 

@@ -55,35 +55,51 @@ def set_efer_vendor(vcpu, efer):
     vcpu.efer = int(efer)
 
 
+def hw_vpid(vcpu) -> int:
+    """The VPID the hardware runs the guest with: vpid01 (the model's 1) for L1,
+    and for L2 vpid02 (2) only when vmcs12 enables VPID; SVM uses one ASID.
+
+    Mirrors: vmx.c/vmx.h: vmx_get_current_vpid(), nested_get_vpid02()
+    """
+    if vcpu.guest_mode and vcpu.kvm.vendor == "vmx" and vcpu.vmcs12.virtual_processor_id:
+        return 2
+    return 1
+
+
 def hw_tag(vcpu):
-    """What the hardware tags the guest's translations with besides PCID: the
-    EPTP (the TDP root) on VMX with EPT; nothing else (VPID/ASID per vCPU)."""
+    """What the hardware tags the guest's translations with besides PCID:
+    (VPID, EPTP), the EPTP being the current TDP or shadow-EPT root on VMX
+    with EPT, None otherwise."""
     kvm = vcpu.kvm
-    if kvm.tdp_enabled and kvm.vendor == "vmx" and vcpu.mmu.root.hpa is not None:
-        return vcpu.mmu.root.hpa.id
-    return None
+    root = vcpu.mmu.root.hpa
+    eptp = root.id if kvm.tdp_enabled and kvm.vendor == "vmx" and root is not None else None
+    return hw_vpid(vcpu), eptp
 
 
 def flush_tlb_current(vcpu):
     """Flush the current root's translations: INVEPT of the current EPTP (VMX
-    with EPT), the current VPID (VMX without EPT), or the ASID (SVM).
+    with EPT; nothing if there is no root), the current VPID (VMX without
+    EPT), or the ASID (SVM).
 
     Mirrors: vmx.c: vmx_flush_tlb_current() / svm.c: svm_flush_tlb_current()
     """
     vcpu.kvm.step.flushes.append("current")
     if vcpu.hwtlb is not None:
-        tag = hw_tag(vcpu)
-        vcpu.hwtlb.flush_tag(tag) if tag is not None else vcpu.hwtlb.flush_all()
+        vpid, eptp = hw_tag(vcpu)
+        if eptp is not None:
+            vcpu.hwtlb.flush_eptp(eptp)
+        elif not (vcpu.kvm.tdp_enabled and vcpu.kvm.vendor == "vmx"):
+            vcpu.hwtlb.flush_vpid(vpid)
 
 
 def flush_tlb_guest(vcpu):
-    """Flush the guest's linear translations: INVVPID of the VPID / the ASID.
+    """Flush the guest's linear translations: INVVPID of the current VPID / the ASID.
 
     Mirrors: vmx.c: vmx_flush_tlb_guest() / svm.c: svm_flush_tlb_asid()
     """
     vcpu.kvm.step.flushes.append("guest")
     if vcpu.hwtlb is not None:
-        vcpu.hwtlb.flush_all()
+        vcpu.hwtlb.flush_vpid(hw_vpid(vcpu))
 
 
 def flush_tlb_all(vcpu):
@@ -97,16 +113,26 @@ def flush_tlb_gva(vcpu, addr):
     """Mirrors: vmx.c: vmx_flush_tlb_gva() / svm.c: svm_flush_tlb_gva()."""
     vcpu.kvm.step.flushes.append("gva")
     if vcpu.hwtlb is not None:
-        vcpu.hwtlb.flush_addr_all_pcids(addr)
+        vcpu.hwtlb.flush_addr_all_pcids(addr, hw_vpid(vcpu))
 
 
 VENDOR_NAMES = {
     "vmx": {"set_cr0": "vmx_set_cr0", "set_cr4": "vmx_set_cr4", "set_efer_vendor": "vmx_set_efer",
             "flush_tlb_current": "vmx_flush_tlb_current", "flush_tlb_guest": "vmx_flush_tlb_guest",
-            "flush_tlb_all": "vmx_flush_tlb_all", "flush_tlb_gva": "vmx_flush_tlb_gva"},
+            "flush_tlb_all": "vmx_flush_tlb_all", "flush_tlb_gva": "vmx_flush_tlb_gva",
+            "vendor_enter_smm": "vmx_enter_smm", "vendor_leave_smm": "vmx_leave_smm"},
     "svm": {"set_cr0": "svm_set_cr0", "set_cr4": "svm_set_cr4", "set_efer_vendor": "svm_set_efer",
             "flush_tlb_current": "svm_flush_tlb_current", "flush_tlb_guest": "svm_flush_tlb_asid",
-            "flush_tlb_all": "svm_flush_tlb_all", "flush_tlb_gva": "svm_flush_tlb_gva"},
+            "flush_tlb_all": "svm_flush_tlb_all", "flush_tlb_gva": "svm_flush_tlb_gva",
+            "vendor_enter_smm": "svm_enter_smm", "vendor_leave_smm": "svm_leave_smm",
+            # nested SVM: the same flows under SVM's names (nested.py)
+            "nested_vmx_enter_non_root_mode": "enter_svm_guest_mode",
+            "nested_vmx_transition_tlb_flush": "nested_svm_transition_tlb_flush",
+            "nested_ept_init_mmu_context": "nested_svm_init_mmu_context",
+            "nested_ept_uninit_mmu_context": "nested_svm_uninit_mmu_context",
+            "nested_vmx_load_cr3": "nested_svm_load_cr3",
+            "nested_vmx_vmexit": "nested_svm_vmexit",
+            "load_vmcs12_host_state": None},
 }
 
 VENDOR_FUNCTIONS = {"set_cr0": set_cr0, "set_cr4": set_cr4, "set_efer_vendor": set_efer_vendor,

@@ -77,6 +77,10 @@ def kvm_is_valid_cr0(vcpu, cr0):
         return "CR0.NW=1 requires CR0.CD=1"
     if cr0 & X86_CR0_PG and not cr0 & X86_CR0_PE:
         return "CR0.PG=1 requires CR0.PE=1"
+    if vcpu.vmxon and not vcpu.guest_mode and (cr0 & (X86_CR0_PE | X86_CR0_PG)
+                                                 != X86_CR0_PE | X86_CR0_PG):
+        # vmx_is_valid_cr0() -> nested_host_cr0_valid(): the VMX fixed-0 bits
+        return "in VMX operation CR0.PE and CR0.PG are fixed to 1"
     return 0
 
 
@@ -407,11 +411,16 @@ def __apic_accept_irq(vcpu):
 
 def kvm_apic_accept_events(vcpu):
     """Deliver a pending INIT unless the vCPU is in SMM, where INIT is latched.
+    While L2 runs the INIT is L1's: it becomes a nested VM-exit (INIT signal).
 
-    Mirrors: arch/x86/kvm/lapic.c: kvm_apic_accept_events()
+    Mirrors: arch/x86/kvm/lapic.c: kvm_apic_accept_events(); vmx/nested.c:
+    vmx_check_nested_events() (EXIT_REASON_INIT_SIGNAL)
     """
     if vcpu.init_latched and not vcpu.smm:
         vcpu.init_latched = False
+        if vcpu.guest_mode:
+            vcpu.ops.nested_vmx_vmexit(vcpu)
+            return
         vcpu.ops.kvm_vcpu_reset(vcpu, True)
 
 

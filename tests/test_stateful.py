@@ -20,7 +20,8 @@ from mmu_model.registers import PRESETS
 CR0_BITS = ["PG", "WP", "PE", "CD", "NW", "TS"]
 CR4_BITS = ["PAE", "PGE", "PCIDE", "SMEP", "SMAP", "PSE", "PKE", "LA57"]
 CR3_VALUES = [0x1000, 0x2000, 0x3000, 0x2001, 0x3002, 0x1003, 0x4000, 1 << 47]
-FAULTS = {"GP", "UD", "EINVAL"}
+FAULTS = {"GP", "UD", "EINVAL", "VMfail"}
+EPTPS = [0x5005E, 0x6005E, 0x50000, 0x5005F]       # last two: bad for VMX (memory type 0 is fine)
 
 
 def _start(name):
@@ -30,7 +31,7 @@ def _start(name):
 
 class RootLifecycle(RuleBasedStateMachine):
     @initialize(era=st.sampled_from([e.name for e in all_eras()]),
-                mode=st.sampled_from(["shadow", "tdp", "tdp-legacy"]),
+                mode=st.sampled_from(["shadow", "tdp", "tdp-legacy", "nested-tdp"]),
                 vendor=st.sampled_from(["vmx", "svm"]),
                 vcpus=st.integers(1, 3),
                 start=st.sampled_from(["reset", "32bit", "pae", "long-mode", "long-mode-pcid", "linux"]))
@@ -86,6 +87,33 @@ class RootLifecycle(RuleBasedStateMachine):
           cr3=st.sampled_from(CR3_VALUES), vcpu=st.integers(0, 2))
     def set_sregs(self, start, cr3, vcpu):
         self._step({"op": "set_sregs", **_start(start), "cr3": cr3, "vcpu": vcpu})
+
+    # L1 running L2 (nested-tdp; elsewhere these are #UD and must change nothing)
+    @rule(eptp=st.sampled_from(EPTPS), vpid=st.integers(0, 3), vcpu=st.integers(0, 2))
+    def vmentry(self, eptp, vpid, vcpu):
+        self._step({"op": "vmentry", "eptp": eptp, "vpid": vpid, "vcpu": vcpu})
+
+    @rule(vcpu=st.integers(0, 2))
+    def vmexit(self, vcpu):
+        self._step({"op": "vmexit", "vcpu": vcpu})
+
+    @rule(type_=st.integers(0, 3), eptp=st.sampled_from(EPTPS), vcpu=st.integers(0, 2))
+    def invept(self, type_, eptp, vcpu):
+        self._step({"op": "invept", "type": type_, "eptp": eptp, "vcpu": vcpu})
+
+    @rule(type_=st.integers(0, 4), vpid=st.integers(0, 2), vcpu=st.integers(0, 2))
+    def invvpid(self, type_, vpid, vcpu):
+        self._step({"op": "invvpid", "type": type_, "vpid": vpid, "addr": 0x400000, "vcpu": vcpu})
+
+    @rule(eptp=st.sampled_from(EPTPS), frame=st.sampled_from([0x777, 0x778]), present=st.booleans(),
+          vcpu=st.integers(0, 2))
+    def write_ept(self, eptp, frame, present, vcpu):
+        self._step({"op": "write_ept", "eptp": eptp, "gpa": 0x1002000,
+                    "value": frame << 12 | (7 if present else 0), "vcpu": vcpu})
+
+    @rule(addr=st.sampled_from([0x400000, 0x401000]), vcpu=st.integers(0, 2))
+    def access(self, addr, vcpu):
+        self._step({"op": "access", "addr": addr, "vcpu": vcpu})
 
     @invariant()
     def roots_are_consistent(self):
