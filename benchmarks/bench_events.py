@@ -21,17 +21,23 @@ from mmu_model import Simulation  # noqa: E402
 from mmu_model.registers import EFER, PRESETS, X86_CR0, X86_CR4  # noqa: E402
 
 
-def workload(n: int, vcpus: int, seed: int = 1) -> list[dict]:
+def workload(n: int, vcpus: int, seed: int = 1, nested: bool = False) -> list[dict]:
     """A guest that mostly switches address spaces, with the occasional CR0.WP
-    toggle, PGE toggle, INVLPG, INVPCID, EFER.NX write and SMI/RSM pair."""
+    toggle, PGE toggle, INVLPG, INVPCID, EFER.NX write and SMI/RSM pair; as L2
+    under nested TDP, also the occasional exit to L1 and re-entry."""
     rng = random.Random(seed)
     spaces = [0x1000 * (i + 1) | i for i in range(6)]
     smm = [False] * vcpus
+    in_l1 = [False] * vcpus
     events = []
     for _ in range(n):
         v = rng.randrange(vcpus)
         r = rng.random()
-        if smm[v]:
+        if in_l1[v]:
+            ev, in_l1[v] = {"op": "vmentry"}, False
+        elif nested and r < 0.05:
+            ev, in_l1[v] = {"op": "vmexit"}, True
+        elif smm[v]:
             ev, smm[v] = {"op": "rsm"}, False
         elif r < 0.55:
             ev = {"op": "mov_cr3", "value": rng.choice(spaces) | (rng.random() < 0.7) << 63}
@@ -69,23 +75,24 @@ def main(argv=None):
     ap.add_argument("--vcpus", type=int, default=2)
     ap.add_argument("--era", default="v6.18")
     args = ap.parse_args(argv)
-    events = workload(args.events, args.vcpus)
     print(f"events: {args.events} count")
     print(f"vcpus: {args.vcpus} count")
-    for mode in ("shadow", "tdp"):
+    for mode in ("shadow", "tdp", "nested-tdp"):
+        events = workload(args.events, args.vcpus, nested=mode == "nested-tdp")
+        tag = f"{args.era}_{mode.replace('-', '_')}"
         # The kernel logic alone (totals only), then with every step's outcome
         # recorded as the CLI and notebooks do, without and with the trace.
         rate, _ = measure(args.era, mode, events, args.vcpus, False, record=False)
-        print(f"{args.era}_{mode}_model_only_rate: {rate:,.0f} events/s")
+        print(f"{tag}_model_only_rate: {rate:,.0f} events/s")
         for trace in (False, True):
             rate, sim = measure(args.era, mode, events, args.vcpus, trace)
-            tag = "on" if trace else "off"
-            print(f"{args.era}_{mode}_trace_{tag}_rate: {rate:,.0f} events/s")
+            print(f"{tag}_trace_{'on' if trace else 'off'}_rate: {rate:,.0f} events/s")
             del sim
         # What the CLI and notebooks run: trace and the architectural checker on.
         rate, sim = measure(args.era, mode, events, args.vcpus, True, check=True)
-        print(f"{args.era}_{mode}_trace_and_checker_rate: {rate:,.0f} events/s")
+        print(f"{tag}_trace_and_checker_rate: {rate:,.0f} events/s")
         del sim
+    events = workload(args.events, args.vcpus)
     tracemalloc.start()
     _rate, sim = measure(args.era, "shadow", events, args.vcpus, True, check=True)
     _cur, peak = tracemalloc.get_traced_memory()

@@ -1,7 +1,7 @@
 """The long verification run: random guest programs against every merged era.
 
 Prints `name: value unit` lines: programs searched and violations found per
-era and mode, and the time taken.  Shadow paging runs with kvm.ko's
+era and mode (nested-tdp on VMX and on SVM), and the time taken.  Shadow paging runs with kvm.ko's
 force_flush_and_sync_on_reuse=1, which closes the deviations that
 docs/findings.md describes; the tests show they appear without it.
 
@@ -26,11 +26,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     failures = 0
     for era in [e.name for e in all_eras() if e.merged]:
-        for mode in ("shadow", "tdp", "tdp-legacy"):
+        for mode, vendor in (("shadow", "vmx"), ("tdp", "vmx"), ("tdp-legacy", "vmx"),
+                             ("nested-tdp", "vmx"), ("nested-tdp", "svm")):
             t0 = time.perf_counter()
-            found, n = find_violation(era, mode, examples=args.examples,
+            found, n = find_violation(era, mode, vendor, examples=args.examples,
                                       flush_on_reuse=(mode == "shadow"))
-            tag = f"{era}_{mode}".replace(".", "_").replace("-", "_")
+            tag = f"{era}_{mode}" + ("_svm" if vendor == "svm" else "")
+            tag = tag.replace(".", "_").replace("-", "_")
             print(f"{tag}_programs: {n} count")
             print(f"{tag}_violations: {0 if found is None else 1} count")
             print(f"{tag}_seconds: {time.perf_counter() - t0:.1f} s")

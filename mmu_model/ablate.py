@@ -33,6 +33,7 @@ class Decision:
     #                                 "unload in kvm_mmu_reset_context"
     applies: Callable               # (args of the function) -> bool
     why: str = ""                   # why it is needed, for a reviewer
+    modes: tuple = ()               # the modes where it can matter (empty: all)
 
     @property
     def label(self) -> str:
@@ -111,6 +112,28 @@ V6_DECISIONS = (
     Decision("init-reset", "kvm_vcpu_reset", "CR0.PG was 1", RESET_UNLOAD,
              lambda vcpu, init_event: bool(vcpu.cr0 & X86_CR0_PG),
              "The vCPU leaves paging; its old roots must not stay loaded."),
+) + (
+    # nested TDP: L1's side (docs/kernel-notes.md §9)
+    Decision("nested-vpid-off-flush", "nested_vmx_transition_tlb_flush", "vmcs12 without VPID",
+             "KVM_REQ_TLB_FLUSH_GUEST",
+             lambda vcpu, is_vmenter: not vcpu.vmcs12.virtual_processor_id,
+             "With VPID off L2 shares L1's VPID 0, whose linear and combined mappings every "
+             "VM entry and exit invalidates (SDM 28.3.3.3, kvm-unit-tests vmx_pf_no_vpid_test).",
+             modes=("nested-tdp",)),
+    Decision("nested-new-vpid-flush", "nested_vmx_transition_tlb_flush",
+             "VM-entry with a new vpid12", "KVM_REQ_TLB_FLUSH_GUEST",
+             lambda vcpu, is_vmenter: bool(is_vmenter and vcpu.vmcs12.virtual_processor_id
+                                           and vcpu.vmcs12.virtual_processor_id != vcpu.last_vpid),
+             "KVM keeps one vpid02 for every vpid12; entries cached under the old vpid12 would "
+             "show through a new one (kvm-unit-tests vmx_pf_vpid_test).", modes=("nested-tdp",)),
+    Decision("invept-free", "handle_invept", "INVEPT single-context or global",
+             "kvm_mmu_free_roots", ALWAYS,
+             "INVEPT invalidates the EPTP's guest-physical mappings; the freed root is synced "
+             "when it is loaded again, otherwise L2 keeps an entry L1 replaced.",
+             modes=("nested-tdp",)),
+    Decision("invvpid-flush", "handle_invvpid", "any type", "vpid_sync_context", ALWAYS,
+             "INVVPID invalidates L2's linear and combined mappings for the VPID.",
+             modes=("nested-tdp",)),
 )
 
 SEED_V1_DECISIONS = (
@@ -169,7 +192,10 @@ def ablated(era, decision: Decision):
                    suppress_request=(decision.function, decision.action))
 
 
-def ablation_table(era, modes=("shadow", "tdp", "tdp-legacy"), vendor="vmx", examples=300,
+ABLATION_MODES = ("shadow", "tdp", "tdp-legacy", "nested-tdp")
+
+
+def ablation_table(era, modes=ABLATION_MODES, vendor="vmx", examples=300,
                    decisions=None) -> list[dict]:
     """One row per (decision, mode): whether the search finds a violation."""
     from .eras import get_era
@@ -179,6 +205,8 @@ def ablation_table(era, modes=("shadow", "tdp", "tdp-legacy"), vendor="vmx", exa
     for d in decisions or DECISIONS.get(era_obj.name, V6_DECISIONS):
         variant = ablated(era_obj, d)
         for mode in modes:
+            if d.modes and mode not in d.modes:
+                continue
             found, n = find_violation(variant, mode, vendor, examples=examples, baseline=era_obj)
             rows.append({"decision": d.id, "label": d.label, "mode": mode,
                          "violation": found is not None, "programs": n,

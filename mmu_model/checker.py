@@ -61,8 +61,11 @@ def observe_all(kvm) -> None:
             vcpu.arch_tlb.observe(vcpu.active_pcid(), kvm.guest.table(space_of(vcpu)))
         if vcpu.guest_mode:
             table = ept_table(vcpu.vmcs12.ept_pointer)
-            vcpu.ept_arch.observe(table, {g: kvm.guest.ept_read(table, g)
-                                          for g in kvm.guest.l2_gpas(table)})
+            seen = (kvm.guest.version, table)
+            if vcpu.ept_arch.seen != seen:      # nothing to add if nothing changed
+                vcpu.ept_arch.observe(table, {g: kvm.guest.ept_read(table, g)
+                                              for g in kvm.guest.l2_gpas(table)})
+                vcpu.ept_arch.seen = seen
 
 
 def ept_view(vcpu, gpa):
@@ -144,8 +147,9 @@ def ept_violations(vcpu) -> list[dict]:
     EPT violation) but which L2 could still use."""
     kvm = vcpu.kvm
     table = ept_table(vcpu.vmcs12.ept_pointer)
-    gpas = kvm.guest.l2_gpas(table)
-    gpas.update(g for (t, g) in vcpu.hwtlb.gpa if t == hw_tag(vcpu)[1])
+    # Only what the hardware or L0's shadow holds can be stale; the rest is a walk.
+    tag = hw_tag(vcpu)[1]
+    gpas = {g for (t, g) in vcpu.hwtlb.gpa if t == tag}
     for sp in root_pages(vcpu.guest_mmu.root.hpa):
         gpas.update(sp.sptes)
     found = []

@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
                                         "search for violations")
     abl.add_argument("--era", default=DEFAULT_ERA)
     abl.add_argument("--mode", action="append", choices=MODES,
-                     help="modes (repeatable; default: shadow, tdp, tdp-legacy)")
+                     help="modes (repeatable; default: shadow, tdp, tdp-legacy, nested-tdp)")
     abl.add_argument("--vendor", choices=VENDORS, default="vmx")
     abl.add_argument("--examples", type=int, default=1000, help="programs per row (default 1000)")
     abl.add_argument("--json", action="store_true")
@@ -165,13 +165,13 @@ def cmd_check(args) -> int:
 
 
 def cmd_ablate(args) -> int:
-    from .ablate import DECISIONS, ablation_table, ablation_text
+    from .ablate import ABLATION_MODES, DECISIONS, ablation_table, ablation_text
     err = _positive(args.examples, "--examples") or _unknown_era([args.era])
     if err:
         return _fail(err)
     if args.era not in DECISIONS:
         return _fail(f"--era: no decision list for {args.era!r} (have: {', '.join(DECISIONS)})")
-    rows = ablation_table(args.era, tuple(args.mode or ("shadow", "tdp", "tdp-legacy")),
+    rows = ablation_table(args.era, tuple(args.mode or ABLATION_MODES),
                           args.vendor, args.examples)
     print(json.dumps(rows, indent=2) if args.json else ablation_text(args.era, rows))
     return 0

@@ -94,7 +94,8 @@ _V1_INFERRED = ("the base tree (kvm/queue during v5.18 development) is taken to 
 # v1 patches 1-11 reworked the fast switch to run after the MMU is set up
 # (what merged in v5.18), nested paths included (3cffc89d9d07).
 _V5_17_FAST_SWITCH = ("kvm_mmu_new_pgd", "__kvm_mmu_new_pgd", "fast_pgd_switch",
-                      "cached_root_available", "kvm_init_shadow_ept_mmu", "nested_vmx_load_cr3")
+                      "cached_root_available", "kvm_init_shadow_ept_mmu", "kvm_init_shadow_npt_mmu",
+                      "nested_vmx_load_cr3")
 
 SEED_V1 = replace(
     V5_17,
@@ -106,6 +107,10 @@ SEED_V1 = replace(
              "<20220209170020.1775368-13-pbonzini@redhat.com>",
              "<29e1edc7-9f9f-0663-997f-3416269b6a89@redhat.com>"),
     inferred=_V1_INFERRED,
+    nested_inferred=("under nested EPT/NPT the reset's kvm_mmu_new_pgd(vcpu->arch.cr3) runs on "
+                     "guest_mmu with L2's CR3, not the EPTP; the model follows the code as posted "
+                     "(a miss that pushes the EPT root into prev_roots; a hit if the CR3 equals a "
+                     "cached EPTP) - the review asked what makes this correct and got 'nothing'"),
     merged=False,
     efer_role_bits=int(EFER_LME | EFER_NX),
     overrides={**{k: v for k, v in V5_17.overrides.items() if k not in _V5_17_FAST_SWITCH},
@@ -229,6 +234,8 @@ SEED_V2 = replace(
              "<YhATewkkO/l4P9UN@google.com>"),
     inferred=("the base is taken to be v5.18's merged behaviour with KVM_REQ_MMU_RELOAD "
               "still present (kvm/queue of February 2022); the TDP root role is pre-split"),
+    nested_inferred=("kvm_mmu_update_root() looks L2's CR3 up in guest_mmu, as v1's reset did; "
+                     "the posting did not address nested EPT/NPT"),
     merged=False,
     parent="v5.18",
     has_mmu_reload=True,

@@ -216,6 +216,22 @@ def kvm_init_shadow_ept_mmu(vcpu, new_eptp):
         context.cpu_role, context.root_role, context.root_level = new_role, new_role.base, level
 
 
+def kvm_init_shadow_npt_mmu(vcpu, cr0, cr4, efer, nested_cr3):
+    """SVM's counterpart: switch to nCR3 with the new shadow-NPT role, then
+    set the context (the order 3cffc89d9d07 reversed in v5.18).
+
+    Mirrors: arch/x86/kvm/mmu/mmu.c: kvm_init_shadow_npt_mmu() (v5.17)
+    """
+    from .registers import X86_CR4_PKE
+    from .roles import RoleRegs
+    context = vcpu.guest_mmu
+    regs = RoleRegs(cr0, cr4 & ~X86_CR4_PKE, efer, vcpu.smm, True)
+    cpu_role, _root, level = vcpu.kvm.era.calc_roles(regs, False)
+    root_role = cpu_role.base.replace(level=TDP_ROOT_LEVEL, direct=False)
+    vcpu.ops.__kvm_mmu_new_pgd(vcpu, nested_cr3, root_role)
+    context.cpu_role, context.root_role, context.root_level = cpu_role, root_role, level
+
+
 def nested_vmx_load_cr3(vcpu, cr3, nested_ept):
     """v5.17 switched roots *before* re-initialising the MMU (without nested
     EPT), with a role computed from the registers then.
@@ -284,6 +300,7 @@ V5_17 = Era(
         "kvm_mmu_reload": kvm_mmu_reload,
         "kvm_mmu_invpcid_gva": kvm_mmu_invpcid_gva,
         "kvm_init_shadow_ept_mmu": kvm_init_shadow_ept_mmu,
+        "kvm_init_shadow_npt_mmu": kvm_init_shadow_npt_mmu,
         "nested_vmx_load_cr3": nested_vmx_load_cr3,
     },
     names={

@@ -67,6 +67,7 @@ class Era:
     sregs_flush_guest: bool           # v6.6+: KVM_SET_SREGS also flushes the guest TLB
     reset_flushes_on_pg: bool         # v5.18+: INIT with CR0.PG=1 flushes before the reset
     inferred: Optional[str] = None    # what is inferred rather than read in a kernel tree
+    nested_inferred: Optional[str] = None   # the same, for what it does under nested-tdp
     merged: bool = True               # False for posted-but-never-merged patches
     entry_requests: tuple = ()        # extra (KVM_REQ, core name) serviced first at VM entry
     reload_clears: tuple = ()         # requests that KVM_REQ_MMU_RELOAD's unload makes moot

@@ -79,6 +79,7 @@ class GuestMemory:
     def __init__(self):
         self.tables: dict[int, dict[int, int]] = {}
         self.ept: dict[int, dict[int, int]] = {}
+        self.version = 0            # bumped by every write, for the checker's caches
 
     def table(self, space: int) -> dict[int, int]:
         t = self.tables.get(space)
@@ -88,6 +89,7 @@ class GuestMemory:
                 USER_B: pte(0x1001 + 2 * space, user=True),
                 KERNEL_A: pte(0x800, glob=True),
             }
+            self.version += 1
         return t
 
     def read(self, space: int, addr: int):
@@ -95,6 +97,7 @@ class GuestMemory:
 
     def write(self, space: int, addr: int, value: int) -> None:
         self.table(space)[addr] = value
+        self.version += 1
 
     def ept_read(self, table: int, gpa: int) -> int:
         """L1's entry for L2 page ``gpa``; unwritten entries map it RWX at
@@ -104,6 +107,7 @@ class GuestMemory:
 
     def ept_write(self, table: int, gpa: int, value: int) -> None:
         self.ept.setdefault(table, {})[gpa] = value
+        self.version += 1
 
     def l2_gpas(self, table: int) -> set:
         """Every L2 page an L2 access could reach: the frames of the present
@@ -182,6 +186,7 @@ class EptArchTlb:
     def __init__(self):
         self.entries: dict[tuple, set] = {}
         self.removed: dict[tuple, int] = {}
+        self.seen = None            # (memory version, table, drops) of the last observe
 
     def observe(self, table: int, mapping: dict) -> None:
         for gpa, value in mapping.items():
@@ -192,6 +197,7 @@ class EptArchTlb:
         return self.entries.get((table, gpa), set())
 
     def _drop(self, step, keep) -> None:
+        self.seen = None
         for (table, gpa), values in list(self.entries.items()):
             if not keep(table, gpa):
                 for value in values:

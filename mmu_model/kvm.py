@@ -194,7 +194,7 @@ class KvmVcpu:
 
     def regs(self) -> dict:
         return {"cr0": self.cr0, "cr3": self.cr3, "cr4": self.cr4, "efer": self.efer,
-                "smm": self.smm, "guest_mode": self.guest_mode}
+                "smm": self.smm}
 
 
 def arch_context(vcpu):

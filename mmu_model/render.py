@@ -37,6 +37,17 @@ def event_label(ev: dict) -> str:
         return f"write_pte {ev['cr3']:#x}:{ev['addr']:#x}={ev['value']:#x}"
     if op == "set_sregs":
         return "set_sregs " + " ".join(f"{k}={ev[k]:#x}" for k in ("cr0", "cr3", "cr4", "efer") if k in ev)
+    if op == "vmentry":
+        parts = [f"eptp={ev['eptp']:#x}"] if "eptp" in ev else []
+        parts += [f"vpid={ev['vpid']}"] if "vpid" in ev else []
+        return " ".join(["vmentry", *parts])
+    if op == "invept":
+        return f"invept type={ev['type']}" + (f" eptp={ev['eptp']:#x}" if ev["type"] == 1 else "")
+    if op == "invvpid":
+        addr = f" addr={ev['addr']:#x}" if ev["type"] == 0 else ""
+        return f"invvpid type={ev['type']} vpid={ev['vpid']}{addr}"
+    if op == "write_ept":
+        return f"write_ept {ev['eptp']:#x}:{ev['gpa']:#x}={ev['value']:#x}"
     return op
 
 
@@ -56,12 +67,14 @@ def step_table(doc: dict, events: list[dict]) -> str:
             f"vendor: {doc['vendor']}   vcpus: {doc['vcpus']}"]
     if doc.get("inferred"):
         head.append(f"note: {doc['inferred']}")
-    cols = ("#", "cpu", "event", "exit", "fault", "current", "source", "prev_roots", "freed",
-            "requests", "flushes")
+    nested = doc["mode"] == "nested-tdp"
+    cols = ("#", "cpu", *(("lvl",) if nested else ()), "event", "exit", "fault", "current", "source",
+            "prev_roots", "freed", "requests", "flushes", *(("root_mmu", "guest_mmu") if nested else ()))
     rows = []
     for s, ev in zip(doc["steps"], events):
+        n = s.get("nested")
         rows.append((
-            str(s["index"]), str(s["vcpu"]), event_label(ev),
+            str(s["index"]), str(s["vcpu"]), *((n["level"],) if nested else ()), event_label(ev),
             "yes" if s["intercepted"] else "no",
             s["fault"] or "-",
             _root(s["root"]), s["root_source"],
@@ -69,6 +82,7 @@ def step_table(doc: dict, events: list[dict]) -> str:
             " ".join(f"#{f['id']}" for f in s["freed"]) or "-",
             " ".join(_short_req(r) for r in s["requests"]) or "-",
             " ".join(s["tlb_flushes"]) or "-",
+            *((_root(n["root_mmu"]["root"]), _root(n["guest_mmu"]["root"])) if nested else ()),
         ))
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
@@ -79,6 +93,11 @@ def step_table(doc: dict, events: list[dict]) -> str:
         for v in s.get("violations", ()):
             when = (f"; step {v['invalidated_by_step']} should have invalidated it"
                     if v["invalidated_by_step"] is not None else "")
+            if v.get("kind") == "ept":
+                notes.append(f"  step {s['index']}: VIOLATION vCPU {v['vcpu']} L2 page {v['addr']}: "
+                             f"L2 can use {v['stale']} from the {v['source']}, L1's EPT table says "
+                             f"{v['expected']}{when}")
+                continue
             notes.append(f"  step {s['index']}: VIOLATION vCPU {v['vcpu']} {v['addr']} (PCID "
                          f"{v['pcid']}): the guest can use {v['stale']} from the {v['source']}, "
                          f"its tables say {v['expected']}{when}")

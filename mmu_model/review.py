@@ -138,6 +138,15 @@ def describe_event(ev: dict) -> str:
     if op == "write_pte":
         frame = f"frame {(ev['value'] >> 12) & 0xFFFFFFFFFF:#x}" if ev["value"] & 1 else "not present"
         return f"guest rewrites {ev['addr']:#x} in space {ev['cr3']:#x} -> {frame}"
+    if op == "write_ept":
+        frame = f"L1 frame {(ev['value'] >> 12) & 0xFFFFFFFFFF:#x}" if ev["value"] & 7 else "not present"
+        return f"L1 rewrites L2 page {ev['gpa']:#x} in EPT table {ev['eptp'] & ~0xFFF:#x} -> {frame}"
+    if op == "vmentry":
+        return "L1 enters L2 (" + event_label(ev).replace("vmentry", "VMLAUNCH").strip() + ")"
+    if op == "vmexit":
+        return "L2 exits to L1"
+    if op in ("invept", "invvpid"):
+        return "L1: " + event_label(ev).replace(op, op.upper())
     words = {"smi": "SMI (enter SMM)", "rsm": "RSM (leave SMM)", "init": "INIT"}
     if op in words:
         return words[op]
@@ -158,6 +167,8 @@ def describe_step(step: dict) -> str:
         parts = [SOURCE_WORDS.get(step["root_source"], step["root_source"])]
     if step["root"]:
         parts[0] += f" (#{step['root']['id']})"
+    if step.get("nested"):
+        parts[0] = f"{step['nested']['level']}: {parts[0]}"
     if step["freed"]:
         parts.append("freed " + ", ".join(f["slot"] for f in step["freed"]))
     if step["destroyed"]:
@@ -168,7 +179,8 @@ def describe_step(step: dict) -> str:
             k + (f" \u00d7{step['tlb_flushes'].count(k)}" if step["tlb_flushes"].count(k) > 1 else "")
             for k in kinds))
     for v in step.get("violations", ()):
-        parts.append(f"STALE: {v['addr']} -> {v['stale']} (tables: {v['expected']})")
+        where = "L2 page " if v.get("kind") == "ept" else ""
+        parts.append(f"STALE: {where}{v['addr']} -> {v['stale']} (tables: {v['expected']})")
     return "; ".join(parts)
 
 

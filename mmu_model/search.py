@@ -27,7 +27,7 @@ FRAMES = (0x7000, 0x7001)
 WEIGHTS = (("access", 4), ("mov_cr3", 4), ("write_pte", 3), ("invlpg", 1), ("cr4", 2),
            ("cr0", 1), ("invpcid", 1), ("smm", 1), ("init", 0.3))
 # nested-tdp adds L1's side: leave or re-enter L2, rewrite an EPT entry, INVEPT, INVVPID.
-NESTED_WEIGHTS = (("switch", 2), ("write_ept", 3), ("invept", 1), ("invvpid", 0.5))
+NESTED_WEIGHTS = (("switch", 2), ("write_ept", 3), ("invept", 1), ("invvpid", 1))
 EPTPS = (0x5005E, 0x6005E)
 EPT_FRAMES = (0x200000, 0x200001)
 
@@ -75,7 +75,11 @@ def _choose(rng, sim, kinds=WEIGHTS, cr4_bits=("PCIDE", "PGE", "PAE", "SMEP")) -
     if kind == "switch":
         if vcpu.guest_mode:
             return {"op": "vmexit"}
-        return {"op": "vmentry", "eptp": hex(rng.choice(EPTPS)), "vpid": rng.randrange(3)}
+        # Like a hypervisor, mostly the same VPID (and EPTP) as last time.
+        v = vcpu.vmcs12
+        same = rng.random() < 0.6
+        return {"op": "vmentry", "eptp": hex(v.ept_pointer if same else rng.choice(EPTPS)),
+                "vpid": v.virtual_processor_id if same else rng.randrange(3)}
     if kind == "write_ept":
         entry = sim.kvm.guest.read(rng.choice(SPACES) >> 12, addr)
         gpa = (entry or 0) & ~0xFFF & ((1 << 52) - 1)
@@ -84,8 +88,9 @@ def _choose(rng, sim, kinds=WEIGHTS, cr4_bits=("PCIDE", "PGE", "PAE", "SMEP")) -
                 "value": hex(value)}
     if kind == "invept":
         return {"op": "invept", "type": rng.choice((1, 2)), "eptp": hex(rng.choice(EPTPS))}
-    return {"op": "invvpid", "type": rng.randrange(4), "vpid": rng.randrange(1, 3),
-            "addr": hex(addr)}
+    last = vcpu.vmcs12.virtual_processor_id
+    vpid = last if last and rng.random() < 0.75 else rng.randrange(1, 3)
+    return {"op": "invvpid", "type": rng.randrange(4), "vpid": vpid, "addr": hex(addr)}
 
 
 def _after(raw, start) -> list:

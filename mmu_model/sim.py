@@ -75,7 +75,7 @@ class Simulation:
         kvm = self.kvm
         vcpu = kvm.vcpus[ev.get("vcpu", 0)]
         kvm.step = log = StepLog(self.steps_run)
-        before = vcpu.regs() if self.check else None
+        before = {**vcpu.regs(), "guest_mode": vcpu.guest_mode} if self.check else None
         if self.check:
             checker.observe_all(kvm)
         mmu = vcpu.mmu
@@ -244,7 +244,8 @@ def on_vmentry(vcpu, ev):
     if err:
         return "VMfail", f"the VM-entry fails its checks: {err}", True
     v.ept_pointer = eptp
-    v.virtual_processor_id = ev.get("vpid", v.virtual_processor_id)
+    if vcpu.kvm.vendor == "vmx":        # SVM has no VPID; KVM gives L1 and L2 one ASID
+        v.virtual_processor_id = ev.get("vpid", v.virtual_processor_id)
     vcpu.ops.nested_vmx_enter_non_root_mode(vcpu, True)
     return None, None, True
 
@@ -302,6 +303,7 @@ def run_scenario(scenario: Scenario, era: Era | str | None = None, mode: str | N
     steps = sim.run(scenario.events)
     doc = {"contract": 1, "scenario": scenario.name, "era": era_obj.name, "mode": sim.mode,
            "vendor": sim.vendor, "vcpus": scenario.vcpus, "steps": steps, "totals": sim.totals()}
-    if era_obj.inferred:
-        doc["inferred"] = era_obj.inferred
+    notes = [era_obj.inferred, era_obj.nested_inferred if sim.mode == "nested-tdp" else None]
+    if any(notes):
+        doc["inferred"] = "; ".join(n for n in notes if n)
     return doc

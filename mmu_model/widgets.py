@@ -164,7 +164,10 @@ REUSED_HOW = {"cache": "from the prev_roots cache", "hash": "from the shadow-pag
               "shared": "shared with another vCPU", "preserved": "kept alive by the TDP MMU",
               "same": "unchanged"}
 MODE_TITLE = {"shadow": "Shadow paging", "tdp": "TDP (TDP MMU)",
-              "tdp-legacy": "TDP (legacy MMU, tdp_mmu=0)"}
+              "tdp-legacy": "TDP (legacy MMU, tdp_mmu=0)",
+              "nested-tdp": "Nested TDP (L2 under L1's EPT/NPT)"}
+RIGHT_PANES = [("TDP (TDP MMU)", "tdp"), ("TDP, legacy MMU", "tdp-legacy"),
+               ("nested TDP: the bits are L2's", "nested-tdp")]
 BOX = ("font-family:system-ui,sans-serif;font-size:13px;color:#111;line-height:1.35;"
        "box-sizing:border-box;")
 
@@ -387,6 +390,7 @@ def pane_html(sim, step, before, vcpu: int = 0) -> str:
             'min-width:0;overflow:hidden">'
             f'<div style="font-size:15px;font-weight:700">{_e(title)}</div>'
             f'<div style="font-family:monospace;font-size:12px;color:#333">{_e(regline)}</div>'
+            + nested_html(sim, vcpu)
             + status_html(step) + violations_html(step) + slots_html(sim, step, before, vcpu)
             + pool_html(sim, step, before)
             + f'<div style="{BOX}margin-top:4px"><b>Requests raised:</b> '
@@ -394,6 +398,24 @@ def pane_html(sim, step, before, vcpu: int = 0) -> str:
             + f'<div style="{BOX}"><b>TLB flushes:</b> <span class="mmu-flushes">'
               f'{_e(fl) or "none"}</span></div>'
             + trace_html(step) + totals_html(sim.totals()) + "</div>")
+
+
+def nested_html(sim, vcpu: int = 0) -> str:
+    """Nested TDP only: which level runs, and what each context holds."""
+    if not sim.kvm.nested:
+        return ""
+    v = sim.kvm.vcpus[vcpu]
+    level = ("L2 runs on guest_mmu, L0's shadow of L1's EPT table" if v.guest_mode
+             else "L1 runs on root_mmu (its TDP root)")
+    pointer = "EPTP" if sim.vendor == "vmx" else "nCR3"
+    held = (f"root_mmu: {_e(_root_name(v.root_mmu.root))} · guest_mmu: "
+            f"{_e(_root_name(v.guest_mmu.root))} · {pointer} {v.vmcs12.ept_pointer:#x}")
+    return (f'<div class="mmu-nested" style="{BOX}margin:3px 0;padding:3px 6px;'
+            f'border-left:4px solid #56B4E9;background:#eef6fb"><b>{_e(level)}</b><br>{held}</div>')
+
+
+def _root_name(info) -> str:
+    return f"root #{info.hpa.id}" if info.hpa is not None else "no root"
 
 
 def shadow_pane_html(state: LabState, vcpu: int = 0) -> str:
@@ -546,7 +568,7 @@ def lab(era="v6.18", vendor="vmx", vcpus=1, start="long-mode-pcid", tdp_mode="td
     """The lab: register controls driving shadow paging (left) and TDP (right).
 
     ``.parts`` holds the controls (``bits[name]``, ``cr3``, ``noflush``, ``buttons[label]``,
-    ``era``, ``vendor``, ``vcpus``, ``acting``, ``invpcid_type``), the panes
+    ``era``, ``vendor``, ``vcpus``, ``acting``, ``right``, ``invpcid_type``), the panes
     (``shadow``, ``tdp``: HTML widgets) and the ``state`` (a LabState).
     """
     state = LabState(era, vendor, vcpus, start, modes=("shadow", tdp_mode))
@@ -577,6 +599,8 @@ def lab(era="v6.18", vendor="vmx", vcpus=1, start="long-mode-pcid", tdp_mode="td
                          layout=W.Layout(width="130px"))
     p.acting = W.Dropdown(options=list(range(vcpus)), value=0, description="acting vCPU",
                           layout=W.Layout(width="160px"), style={"description_width": "80px"})
+    p.right = W.Dropdown(options=RIGHT_PANES, value=tdp_mode, description="right pane",
+                         layout=W.Layout(width="290px"), style={"description_width": "70px"})
     p.cr3 = W.Dropdown(options=CR3_CHOICES, value=0x2001, description="CR3",
                        layout=W.Layout(width="240px"))
     p.noflush = W.Checkbox(value=False, description="no-flush (bit 63)", indent=False,
@@ -619,17 +643,18 @@ def lab(era="v6.18", vendor="vmx", vcpus=1, start="long-mode-pcid", tdp_mode="td
 
     def reconfigure(change):
         state.era, state.vendor, state.vcpus = p.era.value, p.vendor.value, p.vcpus.value
+        state.modes = ("shadow", p.right.value)
         if change["owner"] is p.vcpus:
             p.acting.options = list(range(state.vcpus))
         state.rebuild()
         redraw()
-    for w in (p.era, p.vendor, p.vcpus):
+    for w in (p.era, p.vendor, p.vcpus, p.right):
         w.observe(reconfigure, names="value")
     p.acting.observe(lambda _c: redraw(), names="value")
 
     b = p.buttons
     tree = W.VBox([
-        W.HBox([p.era, p.vendor, p.vcpus, p.acting]),
+        W.HBox([p.era, p.vendor, p.vcpus, p.acting, p.right]),
         bit_box,
         W.HBox([p.cr3, p.noflush, b["MOV CR3"], b["INVLPG"], p.invpcid_type, b["INVPCID"]]),
         W.HBox([b["SMI"], b["RSM"], b["KVM_SET_SREGS"], b["INIT"], W.HTML("&nbsp;" * 4),

@@ -21,17 +21,29 @@ ERAS = ("v5.15", "v5.17", "seed-v1", "v5.18", "v5.19", "v6.4", "v6.18", "seed-v2
 MODES = ("shadow", "tdp", "tdp-legacy")
 # SVM differs from VMX only in what exits; these scenarios show it.
 SVM_SCENARIOS = ("cr0-wp-toggle", "cr4-pge-toggle", "invpcid", "boot-to-long-mode")
+# Library scenarios also run as L2 under nested TDP (the reference's NTDP column).
+NESTED_COLUMN = ("cr0-pg-off-on", "cr4-pcide-on", "cr4-pge-toggle", "efer-nx-toggle", "smi-rsm")
+# Nested scenarios without VMX-only events (INVEPT, INVVPID, EPTP flags), also on SVM.
+SVM_NESTED = ("nested-entry-exit", "nested-l2-cr0-wp-toggle", "nested-smi-in-l2")
 
 
 def cases():
     for path in sorted((ROOT / "scenarios").glob("*.json")):
         sc = load_scenario(path)
         modes = (sc.mode,) if sc.vcpus > 1 else MODES
+        if path.stem in NESTED_COLUMN:
+            modes += ("nested-tdp",)
         for era in ERAS:
             for mode in modes:
                 yield sc, era, mode, "vmx"
                 if path.stem in SVM_SCENARIOS:
                     yield sc, era, mode, "svm"
+    for path in sorted((ROOT / "scenarios" / "nested").glob("*.json")):
+        sc = load_scenario(path)
+        for era in ERAS:
+            yield sc, era, "nested-tdp", "vmx"
+            if path.stem in SVM_NESTED:
+                yield sc, era, "nested-tdp", "svm"
 
 
 def render(sc, era, mode, vendor) -> str:

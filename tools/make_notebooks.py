@@ -462,6 +462,55 @@ w.parts.buttons["Undo"].click(); w.parts.era.value = "v6.18"
 assert re.search(r'data-state="kept" data-root="1"', w.parts.tdp.value)
 """),
     md("""
+## The same toggle under nested TDP
+
+Now let the guest whose bits you click be a nested one: **L2**, run by a hypervisor
+**L1** that uses EPT (on AMD, NPT) for it. The hardware can walk only one set of
+second-level tables, so **L0** - KVM - builds a *shadow* of L1's EPT table and runs L2
+on that. Shadow paging is back, one level down. A vCPU now has three MMU contexts:
+
+* `root_mmu` holds L1's TDP root, and keeps it loaded while L2 runs;
+* `guest_mmu` holds the shadow-EPT roots, keyed by L1's EPTP (not by a CR3);
+* `nested_mmu` only walks L2's page tables; it never owns a root.
+
+Pick **nested TDP** in the *right pane* menu (the left pane stays shadow paging).
+Below, a fresh lab starts that way, in v5.19, and L2 clears CR0.WP:
+"""),
+    code("""
+n = lab(era="v5.19", tdp_mode="nested-tdp")
+n.parts.bits["WP"].value = False
+n.parts.tdp
+"""),
+    md("""
+In v5.19 the write exits to L0, which resets the MMU. `kvm_mmu_unload()` frees the roots
+of *both* contexts, whichever is running: the shadow-EPT root (found again in the hash,
+because the EPT role does not contain CR0.WP) and L1's TDP root - which, with one vCPU,
+is `DESTROYED`. L1 pays for L2's toggle the next time it runs. From v6.4 the same
+write only re-initialises `nested_mmu`, and on VMX it does not even exit:
+"""),
+    code("""
+n.parts.era.value = "v6.18"
+n.parts.tdp
+"""),
+    md("""
+The three ways side by side, for the library's WP scenario (`compare` runs each era and
+mode; "allocated" is the number of root pages built):
+"""),
+    code("""
+from mmu_model import load_scenario
+from mmu_model.compare import compare, compare_table
+wp = load_scenario("../scenarios/cr0-wp-toggle.json")
+three = compare(wp, [(e, m, "vmx") for e in ("v5.19", "v6.18") for m in ("shadow", "tdp", "nested-tdp")])
+print(compare_table(three))
+"""),
+    code("""
+nested_first = n.parts.state.sims["nested-tdp"].outcomes[0]
+assert nested_first["intercepted"] is False and nested_first["root"]["id"] == 2      # v6.18, replayed
+runs = {(r["era"], r["mode"]): r["totals"] for r in three["runs"]}
+assert runs[("v5.19", "nested-tdp")]["roots_destroyed"] == 1 and runs[("v6.18", "nested-tdp")]["exits"] == 0
+assert runs[("v5.19", "shadow")]["resets"] == runs[("v5.19", "nested-tdp")]["resets"] == 2
+"""),
+    md("""
 ## Predict, then reveal
 
 Each question below sets up a guest and names one more action. Mark each root freed or
@@ -1095,6 +1144,50 @@ v6.18's unload and reload synced it as a side effect. Under shadow paging, the r
 is also a sync.
 """),
     md("""
+## Nested TDP · where the question comes back
+
+Sean's rule: freeing all roots is needed "if and only if the MMU is shadowing the guest".
+With nested TDP (L1 running L2 under its own EPT or NPT) the MMU is shadowing again -
+L0 shadows L1's EPT table in `guest_mmu`, whose roots are keyed by the EPTP. The seed's
+reset looks up `vcpu->arch.cr3` in whatever `vcpu->arch.mmu` is, and while L2 runs that is
+`guest_mmu`: L2's CR3 against EPTP-keyed roots. In the same thread Paolo asked of the
+identical call in `kvm_set_cr3()` what makes it work if `mmu_is_nested()`; Sean:
+"Hmm, nothing" ([lore](https://lore.kernel.org/kvm/YgqsU8j80M1ZpWPx@google.com/)).
+
+Usually the lookup just misses: the EPT root goes into `prev_roots` and the hash gives
+it back at the next entry. But an L2 CR3 with PCIDs can equal an EPTP numerically -
+here PCID 0x5e makes CR3 0x5005e, which is also a valid EPTP - and then the lookup hits
+a root built for *another* EPT table:
+"""),
+    code("""
+cr3eptp = side_by_side(library_scenario("nested/nested-cr3-equals-eptp"), ["seed-v1", "v5.18", "v6.18"])
+cr3eptp
+"""),
+    md("""
+In step 6 L2's CR0.WP write makes seed-v1 reuse EPTP 0x5005e's root while L1 runs L2 on
+0x6005e: L2 now translates its guest-physical addresses through the wrong table (the
+checker marks it STALE). The merged eras unload instead, and the entry reloads the root
+for the EPTP vmcs12 names.
+
+The checker's random search, run as L2 under nested TDP, finds a second, less contrived
+problem: both postings keep roots across SMM entry and RSM, and RSM is architecturally a
+flush of every VPID's linear and combined mappings. With the unload, the next entry's
+root load flushes L2's mappings (an INVEPT of the shadow root); without it, nothing does.
+The search finds it first under v2 (a few hundred programs; v1 needs a few thousand), and
+the same program shows it under v1:
+"""),
+    code("""
+nested_v2 = search("seed-v2", modes=("nested-tdp",), examples=1500)
+nested_v2
+"""),
+    code("""
+replay(nested_v2.data["nested-tdp"], ["seed-v1", "seed-v2", "v6.18"])
+"""),
+    code("""
+nested_merged = search("v6.18", modes=("nested-tdp",), examples=500)
+nested_merged
+"""),
+    md("""
 ## Summary
 
 * 12/12 turned `kvm_mmu_reset_context()` from "unload everything" into "re-init and look CR3
@@ -1194,6 +1287,16 @@ assert abs(grsec.data[("seed-v1", "tdp")]["cycles_per_event"] - 4879) < 0.01 * 4
 # paging goes stale where TDP does not
 assert ("smi-rsm", "shadow") in mine_diff.data
 assert mine_check.data["shadow"] and mine_check.data["tdp"] is None
+"""),
+    code("""
+# Nested TDP: seed-v1 reuses the wrong EPT root when L2's CR3 equals a cached EPTP; merged eras do not
+assert step(cr3eptp, "seed-v1", 6)["root_source"] == "cache" and step(cr3eptp, "seed-v1", 6)["violations"]
+assert not any(s["violations"] for era in ("v5.18", "v6.18") for s in cr3eptp.data[era]["steps"])
+# ... and the search finds a stale translation across SMM under both postings that v6.18 does not show
+repro = replay(nested_v2.data["nested-tdp"], ["seed-v1", "seed-v2", "v6.18"]).data
+assert all(any(s["violations"] for s in repro[e]["steps"]) for e in ("seed-v1", "seed-v2"))
+assert {"smi", "rsm"} <= {e["op"] for e in nested_v2.data["nested-tdp"]["events"]}
+assert not any(s["violations"] for s in repro["v6.18"]["steps"]) and nested_merged.data["nested-tdp"] is None
 """),
 ]
 
