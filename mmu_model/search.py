@@ -108,7 +108,7 @@ def _bit(reg, name):
 
 def run_program(era, mode, vendor, start, events):
     """Replay concrete events; (step index, violations) of the first violation."""
-    sim = Simulation(era, mode, vendor, 1, PRESETS[start].registers(), trace=False)
+    sim = Simulation(era, mode, vendor, 1, PRESETS[start].registers(), trace=False, record=False)
     for i, raw in enumerate(events):
         out = sim.step(parse_event(raw, f"events[{i}]", 1))
         if out["violations"]:
@@ -130,7 +130,7 @@ def random_program(era, mode, vendor, rng, length):
     """Generate and run one program; (start, events, first violation or None)."""
     start = rng.choice(STARTS)
     kinds, bits = _swarm(rng, mode)
-    sim = Simulation(era, mode, vendor, 1, PRESETS[start].registers(), trace=False)
+    sim = Simulation(era, mode, vendor, 1, PRESETS[start].registers(), trace=False, record=False)
     events = []
     while len(events) < length:
         chosen = _choose(rng, sim, kinds, bits)

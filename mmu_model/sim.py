@@ -28,7 +28,7 @@ class Simulation:
         self.vendor = vendor
         self.trace = Trace() if trace else None
         self.kvm = Kvm(self.era, mode, vendor, self.trace)
-        self.record = record                # False: keep only totals (benchmarks)
+        self.record = record                # False: keep only totals and violations
         self.outcomes: list[dict] = []
         self.steps_run = 0
         self._totals = empty_totals()
@@ -95,7 +95,7 @@ class Simulation:
         add_to_totals(self._totals, log, intercepted)
         self.steps_run += 1
         if not self.record:
-            return None
+            return {"violations": found}
         calls = self.trace.since(mark) if self.trace is not None else []
         out = step_outcome(self.steps_run - 1, vcpu, ev["op"], fault, reason, intercepted,
                            calls, log)
