@@ -31,9 +31,12 @@ from .roles import PT32_ROOT_LEVEL, PT32E_ROOT_LEVEL, PT64_ROOT_4LEVEL, role_reg
 # ---------------------------------------------------------------------------
 # Freeing roots
 
-def _record_freed(kvm, slot_label, hpa, pgd):
+def _record_freed(kvm, mmu, slot_label, hpa, pgd):
     step = kvm.step
-    step.freed.append({"id": hpa.id, "slot": step.slot_at_start(hpa, slot_label), "pgd": pgd})
+    slot = step.slot_at_start(hpa, slot_label)
+    if kvm.nested:          # two contexts hold roots: say whose slot it was
+        slot = f"{mmu.name} {slot}"
+    step.freed.append({"id": hpa.id, "slot": slot, "pgd": pgd})
 
 
 def mmu_free_root_page(kvm, sp):
@@ -70,13 +73,13 @@ def kvm_mmu_free_roots(kvm, mmu, roots_to_free):
     for i, flag in enumerate(PREV_ROOT_FLAGS):
         prev = prev_roots[i]
         if roots_to_free & flag and prev.hpa is not None:
-            _record_freed(kvm, f"prev{i}", prev.hpa, prev.pgd)
+            _record_freed(kvm, mmu, f"prev{i}", prev.hpa, prev.pgd)
             ops.mmu_free_root_page(kvm, prev.hpa)
             mmu.prev_roots[i] = KvmMmuRootInfo(prev.pgd, None)
     if free_active_root:
         hpa = mmu.root.hpa
         if hpa is not None:
-            _record_freed(kvm, "current", hpa, mmu.root.pgd)
+            _record_freed(kvm, mmu, "current", hpa, mmu.root.pgd)
             if root_to_sp(hpa) is not None:
                 ops.mmu_free_root_page(kvm, hpa)
             else:

@@ -284,9 +284,13 @@ def pool_html(sim, step, before) -> str:
     kvm = sim.kvm
     holders = {}
     for v in kvm.vcpus:
-        for label, info in v.mmu.slots():
-            if info.hpa is not None:
-                holders.setdefault(info.hpa.id, []).append(f"vCPU{v.vcpu_id} {label}")
+        contexts = (v.root_mmu, v.guest_mmu) if kvm.nested else (v.mmu,)
+        for mmu in contexts:
+            for label, info in mmu.slots():
+                if info.hpa is None:
+                    continue
+                where = f"{mmu.name} {label}" if kvm.nested else label
+                holders.setdefault(info.hpa.id, []).append(f"vCPU{v.vcpu_id} {where}")
                 for e in getattr(info.hpa, "entries", ()):
                     if e is not None:
                         holders.setdefault(e.id, []).append(f"vCPU{v.vcpu_id} pae_root")
@@ -323,6 +327,8 @@ def pool_html(sim, step, before) -> str:
         chips.append(chip(state, f"#{rid}", lines, note, root_id=rid))
     name = "TDP MMU roots (kvm->arch.tdp_mmu_roots)" if kvm.tdp_mmu_enabled else \
         "Roots in the shadow-page hash (mmu_page_hash)"
+    if kvm.nested:
+        name = "L1's TDP MMU roots and the shadow-EPT roots in the hash"
     return (f'<div style="{BOX}margin-top:6px;font-weight:600">VM-wide: {name}</div>'
             '<div style="display:flex;flex-wrap:wrap;max-height:300px;overflow:auto">'
             + ("".join(chips) or f'<div style="{BOX}">none</div>') + "</div>")
