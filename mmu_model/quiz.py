@@ -144,6 +144,9 @@ def question_text(q: dict) -> str:
         lines.append("  events so far: none")
     lines.append(f"  registers now: {regs}" + ("  (in SMM)" if q["registers"]["smm"] else ""))
     lines.append(f"  roots now:     {_slots(q['before']['current'], q['before']['prev'])}")
+    if q["mode"] == "nested-tdp":
+        lines.append("  (nested TDP: the guest is L2 and the registers are its own; the roots are "
+                     "guest_mmu's, L0's shadow of L1's EPT/NPT table; L1's own root is on root_mmu)")
     lines.append(f"  the guest does: {_label(q['event'])}")
     lines.append("  Which roots are freed and which kept? Where does the current root come "
                  "from? Which TLB flushes happen?")
