@@ -59,7 +59,8 @@ Reading order:
 1. [01-two-ways](01-two-ways.ipynb) — two ways to virtualize paging: shadow pages and TDP; what a root is.
 2. [02-mmu-role](02-mmu-role.ipynb) — which register bits are in the MMU role, and why.
 3. [03-root-cache](03-root-cache.ipynb) — CR3, PCIDs, the no-flush bit and the `prev_roots` LRU order.
-4. [04-lab](04-lab.ipynb) — the lab: shadow paging and TDP side by side, driven by one set of controls.
+4. [04-lab](04-lab.ipynb) — the lab: shadow paging and TDP side by side, driven by one set of controls;
+   at the end, the same toggle with the guest nested (L2 under L1's EPT), where KVM shadows again.
 5. [05-other-flows](05-other-flows.ipynb) — SMM, `KVM_SET_SREGS` and INIT.
 6. [06-at-scale](06-at-scale.ipynb) — the history presets and random workloads as charts.
 7. [07-review-do-not-unload-roots](07-review-do-not-unload-roots.ipynb) — for patch reviewers:
