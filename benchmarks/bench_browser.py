@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import subprocess
 import sys
@@ -73,13 +74,20 @@ async def session(b, url, n, changes, stagger, think, all_open, results):
     await asyncio.sleep(n * stagger)
     page = await b.new_page(viewport={"width": 1280, "height": 720})
     t0 = time.perf_counter()
+    stage = "page"
     try:
         await page.goto(url, timeout=180_000)
+        stage = "lab"
         await page.wait_for_selector(".mmu-pane[data-mode=shadow]", timeout=180_000)
         results["joins"].append(time.perf_counter() - t0)
         joined = True
-    except Exception:
-        results["failed_joins"] += 1           # the page never showed the lab
+    except Exception as e:                     # the page never showed the lab
+        results["failed_joins"] += 1
+        text = ""
+        with contextlib.suppress(Exception):           # what the page shows instead
+            text = (await page.inner_text("body", timeout=5_000))[-300:]
+        results["why"].append(f"session {n}: no {stage} after {time.perf_counter() - t0:.0f} s"
+                              f" ({type(e).__name__}) {text!r}")
         joined = False
     results["open"] += 1
     if results["open"] == results["sessions"]:
@@ -109,7 +117,7 @@ PAGES_PER_BROWSER = 4
 async def load(url, sessions, changes, stagger, think):
     from playwright.async_api import async_playwright
     results = {"times": [], "answers": [], "errors": 0, "joins": [], "open": 0,
-               "sessions": sessions, "rss": [], "failed_joins": 0}
+               "sessions": sessions, "rss": [], "failed_joins": 0, "why": []}
     all_open = asyncio.Event()
     async with async_playwright() as p:
         browsers = [await p.chromium.launch(executable_path=B.CHROMIUM, args=B.FLAGS)
@@ -146,7 +154,7 @@ def main(argv=None) -> int:
     if reason:
         print(f"cannot run: {reason}", file=sys.stderr)
         return 2
-    with B.voila() as url:
+    with B.voila(log="bench-latency") as url:
         times = asyncio.run(latency(url, args.clicks))
         print(f"latency_clicks: {len(times)} count")
         print(f"latency_median: {statistics.median(times):.0f} ms")
@@ -154,8 +162,9 @@ def main(argv=None) -> int:
         print(f"latency_max: {max(times):.0f} ms")
     # A fresh server for the room, so kernels from the latency run do not count.
     room = [] if args.cold else ["--preheat_kernel=True", "--pool_size=6"]
+    log = B.LOGS / "bench-room.log"
     with B.voila(extra=["--MappingKernelManager.cull_idle_timeout=600", *room,
-                        *args.voila_arg]) as url:
+                        *args.voila_arg], log=log.stem) as url:
         t0 = time.perf_counter()
         r = asyncio.run(load(url, args.sessions, args.changes, args.stagger, args.think))
         wall = time.perf_counter() - t0
@@ -177,7 +186,15 @@ def main(argv=None) -> int:
     if r["kernel_rss_mib"]:
         print(f"load_kernel_rss_per_session: {statistics.mean(r['kernel_rss_mib']):.0f} MiB")
     print(f"load_wall_time: {wall:.0f} s")
-    return 0 if r["errors"] == 0 and answered == args.sessions * args.changes else 1
+    # What went wrong, on stderr: why a page failed, the server's error lines.
+    errors = B.log_problems(log)
+    print(f"load_server_errors: {len(errors)} count")
+    for line in [*r["why"], *errors[:10]]:
+        print(line[:300], file=sys.stderr)
+    if r["why"] or errors:
+        print(f"the room's server log: {log}", file=sys.stderr)
+    ok = r["errors"] == 0 and answered == args.sessions * args.changes and not errors
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -37,27 +38,52 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Voila's log (and its kernels', which inherit its stderr) goes to a file here.
+LOGS = ROOT / "artifacts" / "voila"
+# Every server here runs with the setting ./run app and ./run room use.  After a
+# cell's execute reply, Voila (nbclient) waits only iopub_timeout seconds (4 by
+# default) for the rest of the cell's messages, then renders the cell without
+# them.  The lab's cell sends about 170 (a widget opened or updated each); with a
+# pool of kernels running it at once on 2 cores the last one reached Voila up to
+# 3.2 s after the reply on an idle machine and 7 s on a busy one, and a cell
+# that lost them was an empty page that never showed the lab (RESULTS.md).
+SERVER = ["--VoilaExecutor.iopub_timeout=60"]
+# The readiness probe: a file Voila serves without starting a kernel (probing
+# the notebook's URL would start one and run the notebook for nobody).
+PROBE = "voila/templates/lab/static/voila.js"
+
+
 @contextlib.contextmanager
-def voila(notebook="notebooks/lab.ipynb", extra=()):
-    """A Voila server for ``notebook`` on 127.0.0.1; yields its URL."""
+def voila(notebook="notebooks/lab.ipynb", extra=(), log="voila"):
+    """A Voila server for ``notebook`` on 127.0.0.1; yields its URL.
+
+    Its output goes to ``LOGS/<log>.log``, never to a pipe: a pipe that nobody
+    reads fills at 64 KiB (four cell tracebacks do it), and then the server
+    blocks in write() and no page is answered any more."""
     port = free_port()
+    LOGS.mkdir(parents=True, exist_ok=True)
+    path = LOGS / f"{log}.log"
     cmd = [sys.executable, "-m", "voila", notebook, "--no-browser", f"--port={port}",
-           "--Voila.ip=127.0.0.1", *extra]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+           "--Voila.ip=127.0.0.1", *SERVER, *extra]
+    with open(path, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.time() + 60
         while time.time() < deadline:
             try:
-                urllib.request.urlopen(url, timeout=2)
+                urllib.request.urlopen(url + PROBE, timeout=2).close()
+                break
+            except urllib.error.HTTPError:       # answered: the server is up
                 break
             except OSError:
                 if proc.poll() is not None:
-                    raise RuntimeError(proc.stderr.read().decode()[-2000:])
+                    raise RuntimeError(f"voila exited ({path}):\n" + log_tail(path))
                 time.sleep(0.3)
         else:
-            raise RuntimeError("voila did not answer within 60 s")
+            raise RuntimeError(f"voila did not answer within 60 s ({path})")
         yield url
     finally:
         proc.terminate()
@@ -65,6 +91,20 @@ def voila(notebook="notebooks/lab.ipynb", extra=()):
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+
+
+def log_tail(path, chars=2000) -> str:
+    return Path(path).read_text(errors="replace")[-chars:]
+
+
+def log_problems(path) -> list[str]:
+    """The lines of a Voila log that mean a page may be wrong: errors (a cell that
+    raised, a kernel that died), tracebacks, and cells rendered without their
+    output (nbclient's IOPub timeout)."""
+    return [line for line in Path(path).read_text(errors="replace").splitlines()
+            if "| ERROR |" in line or line.startswith("Traceback")
+            or "Timeout waiting for IOPub output" in line]
 
 
 @contextlib.contextmanager

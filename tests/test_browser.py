@@ -14,7 +14,7 @@ SHOTS = B.ROOT / "artifacts" / "browser"
 
 @pytest.fixture(scope="module")
 def url():
-    with B.voila() as u:
+    with B.voila(log="test-lab") as u:
         yield u
 
 
@@ -78,7 +78,7 @@ def test_era_switch_redraws_both_panes(page):
 
 
 def test_landing_page_lists_the_notebooks_in_reading_order(chromium):
-    with B.voila("notebooks/") as url:
+    with B.voila("notebooks/", log="test-landing") as url:
         p = chromium.new_page(viewport={"width": 1280, "height": 720})
         p.goto(url, timeout=60_000)
         p.get_by_text("00-index.ipynb").wait_for(timeout=60_000)
@@ -89,3 +89,19 @@ def test_landing_page_lists_the_notebooks_in_reading_order(chromium):
     assert numbered == sorted(numbered) and numbered[0].startswith("00-index")
     assert "lab.ipynb" in names
 
+
+def test_quick_room_and_latency_benchmark():
+    """The quick version of ./run bench-browser: 3 preheated sessions x 4 changes,
+    figures printed as `name: value unit`, every change answered within 1 s and
+    nothing in the server's log (the full run is in benchmarks/RESULTS.md)."""
+    import re
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "benchmarks/bench_browser.py", "--clicks", "5",
+                        "--sessions", "3", "--changes", "4", "--stagger", "0.5", "--think", "0.3"],
+                       cwd=B.ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr[-2000:]
+    lines = dict(line.split(": ", 1) for line in r.stdout.strip().splitlines())
+    assert all(re.fullmatch(r"[\d.,]+ [a-zA-Z]+", v) for v in lines.values()), lines
+    assert lines["load_join_failures"] == "0 count" and lines["load_server_errors"] == "0 count"
+    assert lines["load_answered_within_1s"] == "12 count" and lines["load_errors_or_late"] == "0 count"
