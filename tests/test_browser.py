@@ -77,6 +77,21 @@ def test_era_switch_redraws_both_panes(page):
     shot(page, "era-switch-v5.17")
 
 
+def test_nested_pane_shows_both_contexts(page):
+    """The right pane as nested TDP: in v5.19 L2's CR0.WP write unloads both
+    contexts - L1's TDP root destroyed, the shadow-EPT root back from the hash."""
+    B.select(page, "era", "v5.19")
+    B.select(page, "right pane", "nested TDP: the bits are L2's")
+    page.wait_for_selector(".mmu-pane[data-mode=nested-tdp] .mmu-nested", timeout=15_000)
+    B.toggle(page, "WP")
+    B.wait_step(page, 0, mode="nested-tdp")
+    pane = B.pane(page, "nested-tdp")
+    assert "L2 runs on guest_mmu" in pane and "root_mmu: no root" in pane
+    assert "DESTROYED" in pane and "was root_mmu current" in pane
+    assert "from the shadow-page hash" in pane
+    shot(page, "nested-wp-v5.19")
+
+
 def test_landing_page_lists_the_notebooks_in_reading_order(chromium):
     with B.voila("notebooks/", log="test-landing") as url:
         p = chromium.new_page(viewport={"width": 1280, "height": 720})
