@@ -487,11 +487,13 @@ In v5.19 the write exits to L0, which resets the MMU. `kvm_mmu_unload()` frees t
 of *both* contexts, whichever is running: the shadow-EPT root (found again in the hash,
 because the EPT role does not contain CR0.WP) and L1's TDP root - which, with one vCPU,
 is `DESTROYED`. L1 pays for L2's toggle the next time it runs. From v6.4 the same
-write only re-initialises `nested_mmu`, and on VMX it does not even exit:
+write only re-initialises `nested_mmu`, and on VMX it does not even exit (a second lab,
+so that each output keeps its own state, also in the printed handout):
 """),
     code("""
-n.parts.era.value = "v6.18"
-n.parts.tdp
+m = lab(era="v6.18", tdp_mode="nested-tdp")
+m.parts.bits["WP"].value = False
+m.parts.tdp
 """),
     md("""
 The three ways side by side, for the library's WP scenario (`compare` runs each era and
@@ -505,8 +507,10 @@ three = compare(wp, [(e, m, "vmx") for e in ("v5.19", "v6.18") for m in ("shadow
 print(compare_table(three))
 """),
     code("""
-nested_first = n.parts.state.sims["nested-tdp"].outcomes[0]
-assert nested_first["intercepted"] is False and nested_first["root"]["id"] == 2      # v6.18, replayed
+old = n.parts.state.sims["nested-tdp"].outcomes[0]
+assert old["intercepted"] and old["destroyed"] == [1] and old["root_source"] == "hash"   # v5.19
+new = m.parts.state.sims["nested-tdp"].outcomes[0]
+assert new["intercepted"] is False and new["root"]["id"] == 2                            # v6.18
 runs = {(r["era"], r["mode"]): r["totals"] for r in three["runs"]}
 assert runs[("v5.19", "nested-tdp")]["roots_destroyed"] == 1 and runs[("v6.18", "nested-tdp")]["exits"] == 0
 assert runs[("v5.19", "shadow")]["resets"] == runs[("v5.19", "nested-tdp")]["resets"] == 2
