@@ -255,7 +255,12 @@ def arch_effects(vcpu, ev, before, step, native: bool) -> None:
 def nested_transition(vcpu, step) -> None:
     """A nested VM-entry or VM-exit: with VPID off in vmcs12 it invalidates
     VPID 0's linear and combined mappings, all PCIDs and EP4TAs (SDM 28.3.3.3);
-    with VPID on it need not invalidate anything."""
+    with VPID on it need not invalidate anything.
+
+    SVM has no VPID; the model's vmcb12 has none, so SVM transitions are held
+    to the VPID-off rule.  That is stricter than the APM (VMRUN flushes only
+    what vmcb12's TLB_CONTROL asks), and KVM meets it because it flushes the
+    one ASID on every VMRUN and #VMEXIT (nested_svm_transition_tlb_flush)."""
     if not vcpu.vmcs12.virtual_processor_id:
         for (ctx_vpid, _table), tlb in vcpu.arch_tlbs.items():
             if ctx_vpid == 0:

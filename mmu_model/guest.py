@@ -263,6 +263,13 @@ class HwTlb:
         """INVVPID single-context: linear and combined mappings of one VPID."""
         self._drop(lambda p, a, g, t: t[0] != vpid)
 
+    def flush_asid(self, asid):
+        """SVM's TLB_CONTROL flush of one ASID: everything tagged with it,
+        nested-paging (guest-physical) entries included - SVM tags those
+        with the ASID too, not with nCR3 (the model keys them with None)."""
+        self.flush_vpid(asid)
+        self.gpa = {k: v for k, v in self.gpa.items() if k[0] is not None}
+
     def flush_addr_all_pcids(self, addr, vpid):
         self._drop(lambda p, a, g, t: a != addr or t[0] != vpid)
 

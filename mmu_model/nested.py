@@ -24,7 +24,7 @@ from .kvm import (
     Vmcs12,
     ept_table,
 )
-from .registers import GUEST_MAXPHYADDR, X86_CR4_PKE
+from .registers import GUEST_MAXPHYADDR, X86_CR0_PE, X86_CR0_PG, X86_CR4_PKE
 from .requests import KVM_REQ, kvm_make_request
 from .roles import ACC_ALL, TDP_ROOT_LEVEL, KvmCpuRole, KvmMmuExtendedRole, RoleRegs, intern_role
 
@@ -145,7 +145,8 @@ def nested_ept_init_mmu_context(vcpu):
     if vcpu.kvm.vendor == "vmx":
         vcpu.ops.kvm_init_shadow_ept_mmu(vcpu, v.ept_pointer)
     else:
-        vcpu.ops.kvm_init_shadow_npt_mmu(vcpu, v.host_cr0, v.host_cr4, v.host_efer, v.ept_pointer)
+        # L1's CR4 and EFER; of CR0 only PG ("CR0.WP is explicitly ignored")
+        vcpu.ops.kvm_init_shadow_npt_mmu(vcpu, X86_CR0_PG, v.host_cr4, v.host_efer, v.ept_pointer)
     vcpu.walk_mmu = vcpu.nested_mmu
 
 
@@ -182,11 +183,13 @@ def nested_vmx_transition_tlb_flush(vcpu, is_vmenter):
     VMX: without VPID in vmcs12 L2 shares L1's VPID 0, which VM-entry and
     VM-exit flush: a guest TLB flush.  With VPID, a vpid12 that differs from
     the last one is a new address-space tag KVM knows nothing about: a guest
-    TLB flush on entry.  (With EPT, L2 always has a tag of its own, vpid02,
-    so the third case - flush current - does not arise.)  Guest-physical
-    mappings are never flushed by a transition.
-    SVM: KVM does not track L2's ASID; every transition flushes the current
-    ASID and syncs the current root.
+    TLB flush on entry.  The kernel's third case - flush the current context
+    when L2 has no TLB tag of its own - never arises with EPT in L0:
+    nested_has_guest_tlb_tag() is true whenever EPT is on, because L2 runs
+    on its own EPTP (a guest_mmu root).  Guest-physical mappings are never
+    flushed by a transition.
+    SVM: KVM gives L1 and L2 one ASID and does not track L1's ASIDs; every
+    transition syncs the current root and flushes the ASID.
 
     Mirrors: arch/x86/kvm/vmx/nested.c: nested_vmx_transition_tlb_flush() /
     svm/nested.c: nested_svm_transition_tlb_flush()
@@ -205,20 +208,34 @@ def nested_vmx_transition_tlb_flush(vcpu, is_vmenter):
 
 
 def nested_vmx_enter_non_root_mode(vcpu, from_vmentry=True):
-    """VMLAUNCH/VMRESUME (SVM: VMRUN) from L1: flush what L1's pending
-    requests ask, enter guest mode, switch to guest_mmu for L1's EPTP, load
-    L2's registers without the post-write hooks, then L2's CR3.
+    """VMLAUNCH/VMRESUME (SVM: VMRUN) from L1: enter guest mode, switch to
+    guest_mmu for L1's EPTP / nCR3, load L2's registers without the
+    post-write hooks, then L2's CR3.
 
+    VMX services L1's pending TLB flushes first (they name L1's context);
+    SVM does not, as its flush of the one ASID covers both.  A pending INIT
+    that VMX root operation held back is re-evaluated once L2 runs (v6.1+).
     Mirrors: arch/x86/kvm/vmx/nested.c: nested_vmx_enter_non_root_mode(),
-    prepare_vmcs02() / svm/nested.c: enter_svm_guest_mode()
+    prepare_vmcs02() / svm/nested.c: enter_svm_guest_mode(),
+    nested_vmcb02_prepare_control(), nested_vmcb02_prepare_save()
     """
     ops = vcpu.ops
     v = vcpu.vmcs12
-    ops.kvm_service_local_tlb_flush_requests(vcpu)
     if from_vmentry:
         # The model's L1 writes its own registers into the host-state fields
-        # before each VMLAUNCH; a re-entry from RSM keeps them.
+        # (SVM: KVM saves them in vmcb01) before each entry; a re-entry from
+        # RSM keeps them.
         v.host_cr0, v.host_cr3, v.host_cr4, v.host_efer = vcpu.cr0, vcpu.cr3, vcpu.cr4, vcpu.efer
+    if vcpu.kvm.vendor == "svm":
+        ops.nested_vmx_transition_tlb_flush(vcpu, True)
+        vcpu.guest_mode = True                        # enter_guest_mode()
+        ops.nested_ept_init_mmu_context(vcpu)
+        ops.set_efer_vendor(vcpu, v.guest_efer)
+        ops.set_cr0(vcpu, v.guest_cr0)
+        ops.set_cr4(vcpu, v.guest_cr4)
+        ops.nested_vmx_load_cr3(vcpu, v.guest_cr3, True)
+        return
+    ops.kvm_service_local_tlb_flush_requests(vcpu)
     vcpu.guest_mode = True                            # enter_guest_mode()
     ops.nested_vmx_transition_tlb_flush(vcpu, True)
     ops.nested_ept_init_mmu_context(vcpu)
@@ -229,24 +246,37 @@ def nested_vmx_enter_non_root_mode(vcpu, from_vmentry=True):
 
 
 def nested_vmx_vmexit(vcpu):
-    """A nested VM-exit to L1: service pending flushes, leave guest mode,
-    save L2's registers in vmcs12, load L1's host state and CR3 on root_mmu.
+    """A nested VM-exit to L1: leave guest mode, save L2's registers in
+    vmcs12 (vmcb12), load L1's registers and its CR3 on root_mmu.
 
-    No root is freed: guest_mmu keeps L2's roots for the next entry.
+    VMX services pending flushes first (they name L2's context), and loads
+    L1's state in load_vmcs12_host_state(); SVM does it inline and requests
+    its transition flush before switching back to root_mmu.  No root is
+    freed: guest_mmu keeps L2's roots for the next entry.
     Mirrors: arch/x86/kvm/vmx/nested.c: nested_vmx_vmexit() /
     svm/nested.c: nested_svm_vmexit()
     """
     ops = vcpu.ops
     v = vcpu.vmcs12
-    ops.kvm_service_local_tlb_flush_requests(vcpu)
+    if vcpu.kvm.vendor == "vmx":
+        ops.kvm_service_local_tlb_flush_requests(vcpu)
     vcpu.guest_mode = False                           # leave_guest_mode()
     v.guest_cr0, v.guest_cr3, v.guest_cr4, v.guest_efer = vcpu.cr0, vcpu.cr3, vcpu.cr4, vcpu.efer
-    ops.load_vmcs12_host_state(vcpu)
+    if vcpu.kvm.vendor == "vmx":
+        ops.load_vmcs12_host_state(vcpu)
+        return
+    ops.set_efer_vendor(vcpu, v.host_efer)
+    ops.set_cr0(vcpu, v.host_cr0 | X86_CR0_PE)
+    ops.set_cr4(vcpu, v.host_cr4)
+    ops.nested_vmx_transition_tlb_flush(vcpu, False)
+    ops.nested_ept_uninit_mmu_context(vcpu)
+    ops.nested_vmx_load_cr3(vcpu, v.host_cr3, False)
 
 
 def load_vmcs12_host_state(vcpu):
-    """L1's registers from vmcs12's host fields (vendor setters only), back to
-    root_mmu, L1's CR3 through the root cache, then the transition's flush.
+    """VMX: L1's registers from vmcs12's host fields (vendor setters only),
+    back to root_mmu, L1's CR3 through the root cache, then the transition's
+    flush.
 
     Mirrors: arch/x86/kvm/vmx/nested.c: load_vmcs12_host_state()
     """

@@ -236,12 +236,15 @@ def on_vmentry(vcpu, ev):
     if vcpu.kvm.vendor == "vmx":
         err = nested.nested_vmx_check_eptp(vcpu, eptp)
     else:
-        err = (0 if x86.kvm_vcpu_is_legal_cr3(vcpu, eptp) and not eptp & 0xFFF
-               else f"nCR3 {eptp:#x} is not a legal page-table address")
+        # svm/nested.c: nested_vmcb_check_controls(): only a legal GPA
+        err = (0 if x86.kvm_vcpu_is_legal_cr3(vcpu, eptp)
+               else f"nCR3 {eptp:#x} is beyond the guest's physical address width")
     if not err and not vcpu.cr0 & X86_CR0_PG:
-        err = ("L1 runs with paging off; nested NPT needs L1's CR0.PG=1 (KVM WARNs), "
-               "which the model does not cover")
+        err = ("L1 runs with paging off; nested paging under it needs L1's CR0.PG=1 "
+               "(KVM WARNs), which the model does not cover")
     if err:
+        if vcpu.kvm.vendor == "svm":
+            return "VMfail", f"VMRUN fails its checks (L1 gets #VMEXIT(VMEXIT_INVALID)): {err}", True
         return "VMfail", f"the VM-entry fails its checks: {err}", True
     v.ept_pointer = eptp
     if vcpu.kvm.vendor == "vmx":        # SVM has no VPID; KVM gives L1 and L2 one ASID

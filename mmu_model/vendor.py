@@ -86,7 +86,9 @@ def flush_tlb_current(vcpu):
     vcpu.kvm.step.flushes.append("current")
     if vcpu.hwtlb is not None:
         vpid, eptp = hw_tag(vcpu)
-        if eptp is not None:
+        if vcpu.kvm.vendor == "svm":
+            vcpu.hwtlb.flush_asid(vpid)
+        elif eptp is not None:
             vcpu.hwtlb.flush_eptp(eptp)
         elif not (vcpu.kvm.tdp_enabled and vcpu.kvm.vendor == "vmx"):
             vcpu.hwtlb.flush_vpid(vpid)
@@ -99,7 +101,10 @@ def flush_tlb_guest(vcpu):
     """
     vcpu.kvm.step.flushes.append("guest")
     if vcpu.hwtlb is not None:
-        vcpu.hwtlb.flush_vpid(hw_vpid(vcpu))
+        if vcpu.kvm.vendor == "svm":
+            vcpu.hwtlb.flush_asid(hw_vpid(vcpu))
+        else:
+            vcpu.hwtlb.flush_vpid(hw_vpid(vcpu))
 
 
 def flush_tlb_all(vcpu):

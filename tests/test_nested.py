@@ -244,3 +244,49 @@ def test_library_runs_clean_as_l2_in_merged_eras():
             for vendor in ("vmx", "svm"):
                 doc = run_scenario(sc, era, "nested-tdp", vendor)
                 assert not any(s["violations"] for s in doc["steps"]), (sc.name, era, vendor)
+
+
+def test_svm_vmrun_syncs_l1s_new_npt_entry():
+    """§9.2 SVM: L1 rewrites an NPT entry and re-enters; VMRUN's MMU_SYNC
+    and ASID flush (nested_svm_transition_tlb_flush) make L2 see the new
+    entry - the ASID flush drops nested-paging TLB entries too.  VMX keeps
+    the old one until L1's INVEPT, which the architecture allows."""
+    seen = {}
+    for vendor, eptp in (("svm", "0x50000"), ("vmx", "0x5005e")):
+        sim = Simulation("v6.18", "nested-tdp", vendor, 1, "long-mode")
+        for ev in ({"op": "access", "addr": "0x400000"}, {"op": "vmexit"},
+                   {"op": "write_ept", "eptp": eptp, "gpa": "0x1002000", "value": "0x777007"},
+                   {"op": "vmentry"}):
+            sim.apply(ev)
+        out = sim.apply({"op": "access", "addr": "0x400000"})
+        assert out["violations"] == []
+        seen[vendor] = (out["translation"]["ept"], out["translation"]["ept_source"])
+    assert seen == {"svm": ("L1 frame 0x777 RWX", "shadow"),
+                    "vmx": ("L1 frame 0x101002 RWX", "tlb")}
+
+
+def test_svm_shadow_npt_role_ignores_l1s_cr0_wp():
+    """§9.1: nested_svm_init_mmu_context() passes only CR0.PG to
+    kvm_init_shadow_npt_mmu(); L1 toggling CR0.WP between VMRUNs keeps
+    guest_mmu's role and root."""
+    sim = Simulation("v6.18", "nested-tdp", "svm", 1, "long-mode")
+    role = sim.kvm.vcpus[0].guest_mmu.root_role
+    for ev in ({"op": "vmexit"}, {"op": "mov_cr0", "clear": ["WP"]}):
+        sim.apply(ev)
+    out = sim.apply({"op": "vmentry"})
+    assert out["root_source"] == "same" and out["root"]["id"] == 2 and out["freed"] == []
+    assert sim.kvm.vcpus[0].guest_mmu.root_role == role
+
+
+def test_svm_ncr3_needs_only_a_legal_gpa():
+    """§9.3 SVM: nested_vmcb_check_controls() checks nCR3 is a legal GPA, no
+    more: flag bits are accepted (a different pgd, so the root comes from the
+    hash); an address beyond MAXPHYADDR fails VMRUN."""
+    sim = Simulation("v6.18", "nested-tdp", "svm", 1, "long-mode")
+    sim.apply({"op": "vmexit"})
+    out = sim.apply({"op": "vmentry", "eptp": "0x50018"})
+    assert out["fault"] is None and out["root_source"] == "hash"
+    sim.apply({"op": "vmexit"})
+    bad = sim.apply({"op": "vmentry", "eptp": hex(1 << 52)})
+    assert bad["fault"] == "VMfail" and "VMEXIT_INVALID" in bad["reason"]
+    assert bad["nested"]["level"] == "L1"
