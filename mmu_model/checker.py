@@ -217,13 +217,14 @@ def arch_effects(vcpu, ev, before, step, native: bool) -> None:
     elif op in ("smi", "rsm", "init"):
         # SMI (SDM 34.14.1, default treatment): VPID 0's linear and combined
         # mappings; RSM (34.14.2): every VPID's; INIT: everything.  An SMI or
-        # INIT that arrives in SMM is latched and does nothing yet; an INIT
-        # while L2 runs is L1's nested VM-exit (see nested_transition).
+        # INIT that arrives in SMM is latched and does nothing yet, as is an
+        # INIT in VMX root operation; an INIT while L2 runs is L1's nested
+        # VM-exit (see nested_transition).
         if op == "init" and before.get("guest_mode"):
             nested_transition(vcpu, step)
             return
         delivered = {"smi": not before["smm"] and vcpu.smm, "rsm": True,
-                     "init": not before["smm"]}[op]
+                     "init": not vcpu.init_latched}[op]
         if not delivered:
             return
         if op == "smi" and before.get("guest_mode"):
@@ -234,8 +235,9 @@ def arch_effects(vcpu, ev, before, step, native: bool) -> None:
         if op == "rsm" and before.get("guest_mode") is False and vcpu.guest_mode:
             nested_transition(vcpu, step)
     elif op in ("vmentry", "vmexit"):
-        if before.get("guest_mode") != vcpu.guest_mode:
-            nested_transition(vcpu, step)
+        # The step reached KVM without a fault: a transition happened (an
+        # entry with an INIT pending is two: in, and straight back out).
+        nested_transition(vcpu, step)
     elif op == "invept":
         table = ept_table(ev["eptp"])
         single = ev["type"] == 1

@@ -243,6 +243,8 @@ def nested_vmx_enter_non_root_mode(vcpu, from_vmentry=True):
     ops.set_cr4(vcpu, v.guest_cr4)
     ops.set_efer_vendor(vcpu, v.guest_efer)
     ops.nested_vmx_load_cr3(vcpu, v.guest_cr3, True)
+    if vcpu.init_latched:                             # kvm_apic_has_pending_init_or_sipi()
+        kvm_make_request(KVM_REQ.EVENT, vcpu)
 
 
 def nested_vmx_vmexit(vcpu):

@@ -211,18 +211,31 @@ def on_set_sregs(vcpu, ev):
 
 def on_init(vcpu, ev):
     vcpu.ops.__apic_accept_irq(vcpu)
-    note = "INIT latched: it is blocked while the vCPU is in SMM" if vcpu.smm else None
+    note = None
+    if vcpu.smm:
+        note = "INIT latched: it is blocked while the vCPU is in SMM"
+    elif vcpu.kvm.vendor == "vmx" and vcpu.vmxon and not vcpu.guest_mode:
+        note = ("INIT latched: it is blocked in VMX root operation; "
+                "it becomes an INIT-signal VM exit once L2 runs")
     return None, note, True
 
 
 def _l1_instruction(vcpu, what):
-    """None if L1 may run this VMX instruction now, else (fault, reason)."""
+    """None if L1 may run this VMX/SVM instruction now, else (fault, reason).
+
+    In SMM they are #UD: SMM leaves VMX operation (vmx_enter_smm() clears
+    nested.vmxon, and nested_vmx_check_permission() then queues #UD), and
+    nested_svm_vmrun() refuses VMRUN in SMM outright.
+    """
     if not vcpu.kvm.nested:
         return "UD", f"{what}: this guest has no VMX (the mode is not nested-tdp)"
     if vcpu.kvm.vendor == "svm" and what in ("INVEPT", "INVVPID"):
         return "UD", f"{what} is a VMX instruction; SVM has none"
     if vcpu.guest_mode:
         return None, f"L2 is running: {what} is L1's instruction (send vmexit first)"
+    if vcpu.smm:
+        return "UD", f"{what} in SMM: " + ("SMM leaves VMX operation" if vcpu.kvm.vendor == "vmx"
+                                          else "VMRUN is #UD in SMM")
     return None
 
 
@@ -250,6 +263,9 @@ def on_vmentry(vcpu, ev):
     if vcpu.kvm.vendor == "vmx":        # SVM has no VPID; KVM gives L1 and L2 one ASID
         v.virtual_processor_id = ev.get("vpid", v.virtual_processor_id)
     vcpu.ops.nested_vmx_enter_non_root_mode(vcpu, True)
+    if vcpu.init_latched:
+        return None, ("the INIT that VMX root operation held is now L1's: L2 exits to L1 "
+                      "at once (INIT-signal VM exit)"), True
     return None, None, True
 
 

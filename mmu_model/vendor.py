@@ -95,7 +95,8 @@ def flush_tlb_current(vcpu):
 
 
 def flush_tlb_guest(vcpu):
-    """Flush the guest's linear translations: INVVPID of the current VPID / the ASID.
+    """Flush the guest's linear translations: INVVPID of the current VPID
+    (VMX), or the whole ASID (SVM, which has no narrower flush).
 
     Mirrors: vmx.c: vmx_flush_tlb_guest() / svm.c: svm_flush_tlb_asid()
     """
@@ -119,6 +120,19 @@ def flush_tlb_gva(vcpu, addr):
     vcpu.kvm.step.flushes.append("gva")
     if vcpu.hwtlb is not None:
         vcpu.hwtlb.flush_addr_all_pcids(addr, hw_vpid(vcpu))
+
+
+def apic_init_signal_blocked(vcpu) -> bool:
+    """Is an INIT held pending rather than delivered?  VMX: while L1 is in
+    VMX root operation (after VMXON, L2 not running).  SVM: while GIF is
+    clear, which the model never has in L1 (it assumes L1 runs with GIF set).
+
+    Mirrors: vmx.c: vmx_apic_init_signal_blocked() / svm.c:
+    svm_apic_init_signal_blocked()
+    """
+    if vcpu.kvm.vendor == "vmx":
+        return bool(vcpu.vmxon) and not vcpu.guest_mode
+    return False
 
 
 VENDOR_NAMES = {

@@ -22,6 +22,7 @@ from .registers import (
     PAGE_SHIFT,
     X86_CR0_CD,
     X86_CR0_ET,
+    X86_CR0_NE,
     X86_CR0_NW,
     X86_CR0_PDPTR_BITS,
     X86_CR0_PE,
@@ -77,10 +78,10 @@ def kvm_is_valid_cr0(vcpu, cr0):
         return "CR0.NW=1 requires CR0.CD=1"
     if cr0 & X86_CR0_PG and not cr0 & X86_CR0_PE:
         return "CR0.PG=1 requires CR0.PE=1"
-    if vcpu.vmxon and not vcpu.guest_mode and (cr0 & (X86_CR0_PE | X86_CR0_PG)
-                                                 != X86_CR0_PE | X86_CR0_PG):
+    fixed = X86_CR0_PE | X86_CR0_NE | X86_CR0_PG
+    if vcpu.vmxon and not vcpu.guest_mode and cr0 & fixed != fixed:
         # vmx_is_valid_cr0() -> nested_host_cr0_valid(): the VMX fixed-0 bits
-        return "in VMX operation CR0.PE and CR0.PG are fixed to 1"
+        return "in VMX operation CR0.PE, CR0.NE and CR0.PG are fixed to 1"
     return 0
 
 
@@ -410,18 +411,27 @@ def __apic_accept_irq(vcpu):
 
 
 def kvm_apic_accept_events(vcpu):
-    """Deliver a pending INIT unless the vCPU is in SMM, where INIT is latched.
-    While L2 runs the INIT is L1's: it becomes a nested VM-exit (INIT signal).
+    """Deliver a pending INIT.  While L2 runs the INIT is L1's: it becomes a
+    nested VM-exit (VMX: the INIT-signal exit; SVM: the model's L1
+    intercepts INIT).  Otherwise it stays latched while the vCPU is in SMM or
+    while the vendor blocks it (L1 in VMX root operation), and resets the
+    vCPU when neither holds.
 
-    Mirrors: arch/x86/kvm/lapic.c: kvm_apic_accept_events(); vmx/nested.c:
-    vmx_check_nested_events() (EXIT_REASON_INIT_SIGNAL)
+    Mirrors: arch/x86/kvm/lapic.c: kvm_apic_accept_events(),
+    kvm_apic_init_sipi_allowed(); vmx/nested.c: vmx_check_nested_events()
+    (EXIT_REASON_INIT_SIGNAL) / svm/nested.c: svm_check_nested_events()
     """
-    if vcpu.init_latched and not vcpu.smm:
+    from .vendor import apic_init_signal_blocked
+    if not vcpu.init_latched:
+        return
+    if vcpu.guest_mode and not vcpu.smm:
         vcpu.init_latched = False
-        if vcpu.guest_mode:
-            vcpu.ops.nested_vmx_vmexit(vcpu)
-            return
-        vcpu.ops.kvm_vcpu_reset(vcpu, True)
+        vcpu.ops.nested_vmx_vmexit(vcpu)
+        return
+    if vcpu.smm or apic_init_signal_blocked(vcpu):
+        return
+    vcpu.init_latched = False
+    vcpu.ops.kvm_vcpu_reset(vcpu, True)
 
 
 # ---------------------------------------------------------------------------

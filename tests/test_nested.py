@@ -246,6 +246,38 @@ def test_library_runs_clean_as_l2_in_merged_eras():
                 assert not any(s["violations"] for s in doc["steps"]), (sc.name, era, vendor)
 
 
+# ---------------------------------------------------------------------------
+# Review fixes: INIT in VMX root, SVM's ASID flush and shadow-NPT role
+
+def test_init_in_vmx_root_is_held_until_l2_runs():
+    """§9.5: an INIT while L1 is in VMX root operation is blocked
+    (vmx_apic_init_signal_blocked): no reset, no flush, VMX operation kept.
+    The next VM-entry re-evaluates it (kvm_apic_has_pending_init_or_sipi) and
+    L2 exits to L1 at once - the INIT-signal VM exit."""
+    sim = Simulation("v6.18", "nested-tdp", "vmx", 1, "long-mode")
+    sim.apply({"op": "vmexit"})
+    out = sim.apply({"op": "init"})
+    assert "blocked in VMX root operation" in out["reason"]
+    assert "kvm_vcpu_reset" not in out["calls"] and out["tlb_flushes"] == []
+    assert out["registers"]["cr0"] == sim.outcomes[0]["registers"]["cr0"]
+    assert sim.kvm.vcpus[0].vmxon and sim.kvm.vcpus[0].init_latched
+    entry = sim.apply({"op": "vmentry"})
+    calls = entry["calls"]
+    assert calls.index("nested_vmx_enter_non_root_mode") < calls.index("kvm_apic_accept_events") \
+        < calls.index("nested_vmx_vmexit")
+    assert entry["nested"]["level"] == "L1" and "INIT-signal" in entry["reason"]
+    assert not sim.kvm.vcpus[0].init_latched and entry["violations"] == []
+
+
+def test_init_in_svm_l1_still_resets():
+    """§9.5: SVM blocks INIT only while GIF is clear, which the model's L1
+    never has: an INIT in L1 resets the vCPU."""
+    sim = Simulation("v6.18", "nested-tdp", "svm", 1, "long-mode")
+    sim.apply({"op": "vmexit"})
+    out = sim.apply({"op": "init"})
+    assert "kvm_vcpu_reset" in out["calls"] and out["registers"]["cr0"] == "0x10"   # ET only
+
+
 def test_svm_vmrun_syncs_l1s_new_npt_entry():
     """§9.2 SVM: L1 rewrites an NPT entry and re-enters; VMRUN's MMU_SYNC
     and ASID flush (nested_svm_transition_tlb_flush) make L2 see the new
@@ -290,3 +322,23 @@ def test_svm_ncr3_needs_only_a_legal_gpa():
     bad = sim.apply({"op": "vmentry", "eptp": hex(1 << 52)})
     assert bad["fault"] == "VMfail" and "VMEXIT_INVALID" in bad["reason"]
     assert bad["nested"]["level"] == "L1"
+
+
+def test_vmx_operation_fixes_cr0_ne():
+    """§9.5: NE is a VMX fixed-1 CR0 bit too (nested_host_cr0_valid)."""
+    sim = Simulation("v6.18", "nested-tdp", "vmx", 1, "long-mode")
+    sim.apply({"op": "vmexit"})
+    out = sim.apply({"op": "mov_cr0", "clear": ["NE"]})
+    assert out["fault"] == "GP" and "CR0.NE" in out["reason"]
+
+
+@pytest.mark.parametrize("vendor", ("vmx", "svm"))
+def test_vm_entry_in_smm_is_ud(vendor):
+    """§9.5: SMM leaves VMX operation (VMLAUNCH is #UD there) and SVM refuses
+    VMRUN in SMM (nested_svm_vmrun()); nothing changes."""
+    sim = Simulation("v6.18", "nested-tdp", vendor, 1, "long-mode")
+    sim.apply({"op": "vmexit"})
+    sim.apply({"op": "smi"})
+    out = sim.apply({"op": "vmentry"})
+    assert out["fault"] == "UD" and "SMM" in out["reason"] and out["nested"]["level"] == "L1"
+    assert out["calls"] == [] and out["registers"]["smm"] is True
