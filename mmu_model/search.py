@@ -28,7 +28,8 @@ WEIGHTS = (("access", 4), ("mov_cr3", 4), ("write_pte", 3), ("invlpg", 1), ("cr4
            ("cr0", 1), ("invpcid", 1), ("smm", 1), ("init", 0.3))
 # nested-tdp adds L1's side: leave or re-enter L2, rewrite an EPT entry, INVEPT, INVVPID.
 NESTED_WEIGHTS = (("switch", 2), ("write_ept", 3), ("invept", 1), ("invvpid", 1))
-EPTPS = (0x5005E, 0x6005E)
+EPTPS = (0x5005E, 0x6005E)          # VMX: WB, 4-level, A/D on; two tables
+NCR3S = (0x50000, 0x60000)          # SVM: the same two tables as plain nCR3s
 EPT_FRAMES = (0x200000, 0x200001)
 
 
@@ -72,19 +73,22 @@ def _choose(rng, sim, kinds=WEIGHTS, cr4_bits=("PCIDE", "PGE", "PAE", "SMEP")) -
     # nested-tdp: L1's actions (an L2 that is running exits first)
     if vcpu.guest_mode and kind != "switch":
         return {"op": "vmexit"}
+    pointers = EPTPS if sim.vendor == "vmx" else NCR3S
     if kind == "switch":
         if vcpu.guest_mode:
             return {"op": "vmexit"}
-        # Like a hypervisor, mostly the same VPID (and EPTP) as last time.
+        # Like a hypervisor, mostly the same L2 (VPID and EPTP) as last time;
+        # otherwise another L2 - a VPID other than the last (0: VPID off).
         v = vcpu.vmcs12
         same = rng.random() < 0.6
-        return {"op": "vmentry", "eptp": hex(v.ept_pointer if same else rng.choice(EPTPS)),
-                "vpid": v.virtual_processor_id if same else rng.randrange(3)}
+        other = [x for x in range(8) if x != v.virtual_processor_id]
+        return {"op": "vmentry", "eptp": hex(v.ept_pointer if same else rng.choice(pointers)),
+                "vpid": v.virtual_processor_id if same else rng.choice(other)}
     if kind == "write_ept":
         entry = sim.kvm.guest.read(rng.choice(SPACES) >> 12, addr)
         gpa = (entry or 0) & ~0xFFF & ((1 << 52) - 1)
         value = rng.choice(EPT_FRAMES) << 12 | (0 if rng.random() < 0.15 else 7)
-        return {"op": "write_ept", "eptp": hex(rng.choice(EPTPS)), "gpa": hex(gpa),
+        return {"op": "write_ept", "eptp": hex(rng.choice(pointers)), "gpa": hex(gpa),
                 "value": hex(value)}
     if kind == "invept":
         return {"op": "invept", "type": rng.choice((1, 2)), "eptp": hex(rng.choice(EPTPS))}
@@ -116,11 +120,14 @@ def run_program(era, mode, vendor, start, events):
     return None
 
 
-def _swarm(rng, mode="shadow"):
+def _swarm(rng, mode="shadow", vendor="vmx"):
     """Swarm testing: each program uses a random subset of the kinds of action
     (and of the CR4 bits), so short motifs made of a few kinds come up far more
-    often than in programs that mix everything."""
-    weights = WEIGHTS + (NESTED_WEIGHTS if mode == "nested-tdp" else ())
+    often than in programs that mix everything.  SVM's L1 has no INVEPT or
+    INVVPID: it relies on VMRUN, which KVM makes sync and flush."""
+    nested_kinds = NESTED_WEIGHTS if vendor == "vmx" else tuple(
+        kw for kw in NESTED_WEIGHTS if kw[0] not in ("invept", "invvpid"))
+    weights = WEIGHTS + (nested_kinds if mode == "nested-tdp" else ())
     kinds = [kw for kw in weights if rng.random() < 0.75] or list(weights)
     bits = [b for b in ("PCIDE", "PGE", "PAE", "SMEP") if rng.random() < 0.75] or ["PCIDE"]
     return kinds, tuple(bits)
@@ -129,7 +136,7 @@ def _swarm(rng, mode="shadow"):
 def random_program(era, mode, vendor, rng, length):
     """Generate and run one program; (start, events, first violation or None)."""
     start = rng.choice(STARTS)
-    kinds, bits = _swarm(rng, mode)
+    kinds, bits = _swarm(rng, mode, vendor)
     sim = Simulation(era, mode, vendor, 1, PRESETS[start].registers(), trace=False, record=False)
     events = []
     while len(events) < length:
