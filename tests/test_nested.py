@@ -342,3 +342,16 @@ def test_vm_entry_in_smm_is_ud(vendor):
     out = sim.apply({"op": "vmentry"})
     assert out["fault"] == "UD" and "SMM" in out["reason"] and out["nested"]["level"] == "L1"
     assert out["calls"] == [] and out["registers"]["smm"] is True
+
+
+def test_svm_variant_without_the_transition_flush_is_caught():
+    """The SVM search is not vacuous: without nested_svm_transition_tlb_flush()
+    L1 and L2 share the ASID's entries, and the checker sees L1 use one of L2's."""
+    from mmu_model.search import find_violation
+    lazy = get_era("v6.18").derive("v6.18~svm-no-transition-flush", "no transition flush",
+                                   nested_vmx_transition_tlb_flush=lambda vcpu, is_vmenter: None)
+    found, n = find_violation(lazy, "nested-tdp", "svm", examples=200, baseline="v6.18")
+    assert found is not None, f"nothing found in {n} programs"
+    _start, events, (_step, violations) = found
+    assert any(e["op"] in ("vmexit", "vmentry") for e in events)
+    assert violations[0]["source"] == "tlb"
