@@ -177,9 +177,15 @@ def arch_effects(vcpu, ev, before, step, native: bool) -> None:
     its hardware TLB too."""
     op = ev["op"]
     vpid = hw_tag(vcpu)[0]
+    current = vcpu.arch_tlb
+    ctx_vpid = next(k for k, t in vcpu.arch_tlbs.items() if t is current)[0]
+    # Guest instructions act on the current VPID "for all EP4TAs" (SDM
+    # 28.3.3.1): every EPT table's context of L2's vpid12, not just the current.
+    same_vpid = [t for (v, _table), t in vcpu.arch_tlbs.items() if v == ctx_vpid]
 
     def each(method, *args):
-        getattr(vcpu.arch_tlb, method)(step, *args)
+        for tlb in same_vpid:
+            getattr(tlb, method)(step, *args)
         if native:
             if method == "flush_all":
                 vcpu.hwtlb.flush_vpid(vpid)        # linear and combined mappings only

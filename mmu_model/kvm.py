@@ -168,7 +168,7 @@ class KvmVcpu:
         self.requests: dict = {}
         self.smram = None           # the state saved by enter_smm()
         self.smi_pending = False
-        self.init_latched = False   # an INIT received while in SMM
+        self.init_latched = False   # an INIT not yet delivered (in SMM, or VMX root)
         self.arch_tlbs = None       # the architectural checker's state (guest.py):
         self.hwtlb = None           # one ArchTlb per (VPID, EPTP) context, the
         self.ept_arch = None        # hardware TLB, and L2's guest-physical mappings
