@@ -201,8 +201,10 @@ def cached_root_available(vcpu, new_pgd, new_role):
 
 
 def kvm_init_shadow_ept_mmu(vcpu, new_eptp):
-    """As in v5.18+, but the switch passes the new EPT role itself: v5.17's
-    kvm_mmu_new_pgd() would compute a role from the registers instead.
+    """The same shadow-EPT role as later kernels, in the opposite order: v5.17
+    switches to the EPTP first - passing the new role itself, since its
+    kvm_mmu_new_pgd() would compute one from the registers - and sets the
+    context after (3cffc89d9d07 reversed the order in v5.18).
 
     Mirrors: arch/x86/kvm/mmu/mmu.c: kvm_init_shadow_ept_mmu() (v5.17)
     """
