@@ -23,7 +23,7 @@ from .guest import (
     describe,
     describe_ept,
 )
-from .kvm import ept_table
+from .kvm import arch_context, ept_table
 from .mmu import is_noncanonical_address, page_for_addr, root_pages
 from .registers import (
     EFER_LMA,
@@ -177,8 +177,8 @@ def arch_effects(vcpu, ev, before, step, native: bool) -> None:
     its hardware TLB too."""
     op = ev["op"]
     vpid = hw_tag(vcpu)[0]
-    current = vcpu.arch_tlb
-    ctx_vpid = next(k for k, t in vcpu.arch_tlbs.items() if t is current)[0]
+    vcpu.arch_tlb                            # the current context exists from here on
+    ctx_vpid = arch_context(vcpu)[0]
     # Guest instructions act on the current VPID "for all EP4TAs" (SDM
     # 28.3.3.1): every EPT table's context of L2's vpid12, not just the current.
     same_vpid = [t for (v, _table), t in vcpu.arch_tlbs.items() if v == ctx_vpid]

@@ -214,7 +214,7 @@ def on_init(vcpu, ev):
     note = None
     if vcpu.smm:
         note = "INIT latched: it is blocked while the vCPU is in SMM"
-    elif vcpu.kvm.vendor == "vmx" and vcpu.vmxon and not vcpu.guest_mode:
+    elif vendor.apic_init_signal_blocked(vcpu):
         note = ("INIT latched: it is blocked in VMX root operation; "
                 "it becomes an INIT-signal VM exit once L2 runs")
     return None, note, True
