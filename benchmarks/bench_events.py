@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mmu_model import Simulation  # noqa: E402
-from mmu_model.registers import EFER, PRESETS, X86_CR0, X86_CR4  # noqa: E402
+from mmu_model.kernel.registers import EFER, PRESETS, X86_CR0, X86_CR4  # noqa: E402
 
 
 def workload(n: int, vcpus: int, seed: int = 1, nested: bool = False) -> list[dict]:

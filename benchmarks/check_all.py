@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mmu_model import all_eras  # noqa: E402
-from mmu_model.search import find_violation  # noqa: E402
+from mmu_model.analysis.search import find_violation  # noqa: E402
 
 
 def main(argv=None) -> int:

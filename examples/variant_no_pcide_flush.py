@@ -6,8 +6,8 @@ Use it with any command that takes --era:
         --variants examples/variant_no_pcide_flush.py --era v6.18~no-pcide-flush
 """
 from mmu_model import get_era, register_era
-from mmu_model.registers import X86_CR4_PAE, X86_CR4_PGE, X86_CR4_SMEP
-from mmu_model.requests import KVM_REQ, kvm_make_request
+from mmu_model.kernel.registers import X86_CR4_PAE, X86_CR4_PGE, X86_CR4_SMEP
+from mmu_model.kernel.requests import KVM_REQ, kvm_make_request
 
 
 def kvm_post_set_cr4(vcpu, old_cr4, cr4):

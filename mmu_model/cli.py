@@ -10,9 +10,9 @@ import json
 import sys
 
 from .eras import DEFAULT_ERA, all_eras, get_era
-from .render import eras_table, step_graph, step_table
-from .scenario import MODES, VENDORS, ScenarioError, load_scenario
-from .sim import run_scenario
+from .harness.render import eras_table, step_graph, step_table
+from .harness.scenario import MODES, VENDORS, ScenarioError, load_scenario
+from .harness.sim import run_scenario
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -128,7 +128,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .compare import compare, compare_table
+    from .analysis.compare import compare, compare_table
     scenario, err = _load(args)
     err = err or _unknown_era(args.era)
     if err:
@@ -148,7 +148,7 @@ def _positive(n, flag):
 
 
 def cmd_check(args) -> int:
-    from .search import find_violation, reproduction
+    from .analysis.search import find_violation, reproduction
     err = (load_variants(args.variants) or _positive(args.examples, "--examples")
            or _unknown_era([args.era]) or _unknown_era([args.baseline] if args.baseline else [],
                                                        "--baseline"))
@@ -165,7 +165,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_ablate(args) -> int:
-    from .ablate import ABLATION_MODES, DECISIONS, ablation_table, ablation_text
+    from .analysis.ablate import ABLATION_MODES, DECISIONS, ablation_table, ablation_text
     err = _positive(args.examples, "--examples") or _unknown_era([args.era])
     if err:
         return _fail(err)
@@ -185,7 +185,7 @@ def cmd_eras(args) -> int:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["quiz"]:                 # the quiz has its own OSTEP-style flags
-        from .quiz import main as quiz_main
+        from .classroom.quiz import main as quiz_main
         return quiz_main(argv[1:])
     args = _parser().parse_args(argv)
     return {"run": cmd_run, "compare": cmd_compare, "check": cmd_check, "ablate": cmd_ablate,

@@ -8,7 +8,7 @@ import pytest
 from mmu_model import load_scenario, run_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ROOT / "scenarios"
+SCENARIOS = ROOT / "mmu_model" / "scenarios"
 
 
 def run(name: str, era: str, mode: str, vendor: str = "vmx") -> list[dict]:

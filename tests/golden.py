@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mmu_model import load_scenario, run_scenario  # noqa: E402
-from mmu_model.render import step_graph, step_table  # noqa: E402
+from mmu_model.harness.render import step_graph, step_table  # noqa: E402
 
 GOLDEN = ROOT / "tests" / "golden"
 ERAS = ("v5.15", "v5.17", "seed-v1", "v5.18", "v5.19", "v6.4", "v6.18", "seed-v2", "review-sketch")
@@ -28,7 +28,7 @@ SVM_NESTED = ("nested-entry-exit", "nested-l2-cr0-wp-toggle", "nested-smi-in-l2"
 
 
 def cases():
-    for path in sorted((ROOT / "scenarios").glob("*.json")):
+    for path in sorted((ROOT / "mmu_model" / "scenarios").glob("*.json")):
         sc = load_scenario(path)
         modes = (sc.mode,) if sc.vcpus > 1 else MODES
         if path.stem in NESTED_COLUMN:
@@ -38,7 +38,7 @@ def cases():
                 yield sc, era, mode, "vmx"
                 if path.stem in SVM_SCENARIOS:
                     yield sc, era, mode, "svm"
-    for path in sorted((ROOT / "scenarios" / "nested").glob("*.json")):
+    for path in sorted((ROOT / "mmu_model" / "scenarios" / "nested").glob("*.json")):
         sc = load_scenario(path)
         for era in ERAS:
             yield sc, era, "nested-tdp", "vmx"
@@ -61,14 +61,14 @@ def path_for(sc, era, mode, vendor) -> Path:
 # Presets from history: one compare of every era and variant per preset.
 def history_cases():
     from mmu_model import all_eras
-    for path in sorted((ROOT / "scenarios" / "history").glob("*.json")):
+    for path in sorted((ROOT / "mmu_model" / "scenarios" / "history").glob("*.json")):
         sc = load_scenario(path)
         modes = ("shadow", "tdp", "tdp-legacy") if sc.vcpus == 1 else (sc.mode, "tdp-legacy")
         yield sc, tuple((e.name, m, sc.vendor) for e in all_eras() for m in modes)
 
 
 def render_compare(sc, runs) -> str:
-    from mmu_model.compare import compare, compare_table
+    from mmu_model.analysis.compare import compare, compare_table
     return compare_table(compare(sc, list(runs))) + "\n"
 
 
@@ -83,7 +83,7 @@ ABLATION_EXAMPLES = 2000
 
 
 def render_ablation(era) -> str:
-    from mmu_model.ablate import ablation_table, ablation_text
+    from mmu_model.analysis.ablate import ablation_table, ablation_text
     return ablation_text(era, ablation_table(era, examples=ABLATION_EXAMPLES)) + "\n"
 
 

@@ -13,8 +13,9 @@ import pytest
 from conftest import SCENARIOS, run
 
 from mmu_model import Simulation, all_eras, load_scenario, run_scenario
-from mmu_model.guest import KERNEL_A, USER_A, pte
-from mmu_model.search import find_violation, run_program
+from mmu_model.analysis.search import find_violation, run_program
+from mmu_model.arch.checker import arch_tlb
+from mmu_model.arch.guest import KERNEL_A, USER_A, pte
 
 MERGED = [e.name for e in all_eras() if e.merged]
 OLD_U, NEW_U = pte(0x1000 + 2, user=True), pte(0x7000, user=True)   # USER_A in space 1
@@ -31,7 +32,7 @@ def still_allowed(start, events, addr, pcid, old):
     for ev in events:
         out = sim.apply(ev)
         assert out["fault"] is None, (ev, out["reason"])
-    return old in sim.kvm.vcpus[0].arch_tlb.allowed(pcid, addr)
+    return old in arch_tlb(sim.kvm.vcpus[0]).allowed(pcid, addr)
 
 
 ROWS = [

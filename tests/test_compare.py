@@ -5,7 +5,7 @@ from conftest import SCENARIOS
 from test_cli import cli
 
 from mmu_model import load_scenario
-from mmu_model.compare import compare
+from mmu_model.analysis.compare import compare
 
 GRSEC = load_scenario(SCENARIOS / "history" / "grsecurity-wp.json")
 

@@ -8,7 +8,7 @@ model must order the modes and show the improvements as published.
 from conftest import SCENARIOS
 
 from mmu_model import load_scenario, run_scenario
-from mmu_model.cost import run_cost, step_cost
+from mmu_model.analysis.cost import run_cost, step_cost
 
 VMEXIT_FLAT = {("v5.17", "tdp"): 46754, ("v5.17", "tdp-legacy"): 5096, ("v5.17", "shadow"): 5150,
                ("seed-v1", "tdp"): 4879, ("seed-v1", "tdp-legacy"): 4875, ("seed-v1", "shadow"): 5006}

@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, SCENARIOS
 
 from mmu_model import Simulation, get_era, load_scenario, run_scenario
-from mmu_model.invariants import check_invariants
+from mmu_model.harness.invariants import check_invariants
 
 MERGED = ("v5.15", "v5.17", "v5.18", "v5.19", "v6.4", "v6.18")
 
@@ -347,7 +347,7 @@ def test_vm_entry_in_smm_is_ud(vendor):
 def test_svm_variant_without_the_transition_flush_is_caught():
     """The SVM search is not vacuous: without nested_svm_transition_tlb_flush()
     L1 and L2 share the ASID's entries, and the checker sees L1 use one of L2's."""
-    from mmu_model.search import find_violation
+    from mmu_model.analysis.search import find_violation
     lazy = get_era("v6.18").derive("v6.18~svm-no-transition-flush", "no transition flush",
                                    nested_vmx_transition_tlb_flush=lambda vcpu, is_vmenter: None)
     found, n = find_violation(lazy, "nested-tdp", "svm", examples=200, baseline="v6.18")

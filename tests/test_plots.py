@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from conftest import SCENARIOS  # noqa: E402
 
 from mmu_model import load_scenario, run_scenario  # noqa: E402
-from mmu_model.plots import (  # noqa: E402
+from mmu_model.classroom.plots import (  # noqa: E402
     counts_table,
     plot_counts,
     plot_timeline,

@@ -1,8 +1,9 @@
 """The seeded quiz: reproducible, and its answers are the model's."""
 import io
 
-from mmu_model import Simulation, quiz
-from mmu_model.scenario import parse_event
+from mmu_model import Simulation
+from mmu_model.classroom import quiz
+from mmu_model.harness.scenario import parse_event
 
 
 def run_main(argv) -> str:

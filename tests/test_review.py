@@ -2,7 +2,7 @@
 import pytest
 
 from mmu_model import get_era, register_era
-from mmu_model.review import (
+from mmu_model.classroom.review import (
     MESSAGES,
     Table,
     ablation_rows,
@@ -20,7 +20,7 @@ from mmu_model.review import (
     side_by_side,
     thread,
 )
-from mmu_model.scenario import parse_event
+from mmu_model.harness.scenario import parse_event
 
 SMM = [{"op": "mov_cr3", "value": "0x2000"}, {"op": "smi"}, {"op": "rsm"}]
 

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from mmu_model import Simulation, all_eras
-from mmu_model.invariants import check_invariants, state_snapshot
-from mmu_model.registers import PRESETS
+from mmu_model.harness.invariants import check_invariants, state_snapshot
+from mmu_model.kernel.registers import PRESETS
 
 CR0_BITS = ["PG", "WP", "PE", "CD", "NW", "TS"]
 CR4_BITS = ["PAE", "PGE", "PCIDE", "SMEP", "SMAP", "PSE", "PKE", "LA57"]
@@ -52,12 +52,12 @@ class RootLifecycle(RuleBasedStateMachine):
 
     @rule(bit=st.sampled_from(CR0_BITS), set_=st.booleans(), vcpu=st.integers(0, 2))
     def mov_cr0(self, bit, set_, vcpu):
-        from mmu_model.registers import X86_CR0
+        from mmu_model.kernel.registers import X86_CR0
         self._step({"op": "mov_cr0", ("set" if set_ else "clear"): int(X86_CR0[bit]), "vcpu": vcpu})
 
     @rule(bit=st.sampled_from(CR4_BITS), set_=st.booleans(), vcpu=st.integers(0, 2))
     def mov_cr4(self, bit, set_, vcpu):
-        from mmu_model.registers import X86_CR4
+        from mmu_model.kernel.registers import X86_CR4
         self._step({"op": "mov_cr4", ("set" if set_ else "clear"): int(X86_CR4[bit]), "vcpu": vcpu})
 
     @rule(cr3=st.sampled_from(CR3_VALUES), noflush=st.booleans(), vcpu=st.integers(0, 2))
@@ -67,7 +67,7 @@ class RootLifecycle(RuleBasedStateMachine):
     @rule(bit=st.sampled_from(["NX", "LME"]), set_=st.booleans(), host=st.booleans(),
           vcpu=st.integers(0, 2))
     def wrmsr_efer(self, bit, set_, host, vcpu):
-        from mmu_model.registers import EFER
+        from mmu_model.kernel.registers import EFER
         self._step({"op": "wrmsr_efer", ("set" if set_ else "clear"): int(EFER[bit]),
                     "host": host, "vcpu": vcpu})
 

@@ -6,8 +6,7 @@ import pytest
 pytest.importorskip("ipywidgets")
 
 from mmu_model import Simulation  # noqa: E402
-from mmu_model.eras import get_era  # noqa: E402
-from mmu_model.widgets import (  # noqa: E402
+from mmu_model.classroom.widgets import (  # noqa: E402
     LabState,
     bit_tooltip,
     cache_html,
@@ -20,6 +19,7 @@ from mmu_model.widgets import (  # noqa: E402
     shadow_pane_html,
     tdp_pane_html,
 )
+from mmu_model.eras import get_era  # noqa: E402
 
 
 def states(pane: str) -> list[tuple[str, int]]:
@@ -181,7 +181,7 @@ def test_pane_shows_a_stale_translation():
     from conftest import SCENARIOS
 
     from mmu_model import load_scenario
-    from mmu_model.widgets import LabState, shadow_pane_html
+    from mmu_model.classroom.widgets import LabState, shadow_pane_html
     sc = load_scenario(SCENARIOS / "noflush-after-full-flush.json")
     state = LabState("v6.18", "vmx", 1, "long-mode-pcid")
     for ev in sc.to_json()["events"][:6]:

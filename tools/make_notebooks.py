@@ -77,7 +77,7 @@ constantly to write to read-only kernel data. First under v5.17 with TDP:
 """),
     code("""
 from mmu_model import Simulation, all_eras
-from mmu_model.render import step_graph
+from mmu_model.harness.render import step_graph
 
 sim = Simulation("v5.17", mode="tdp", vendor="vmx", start="long-mode")
 off = sim.apply({"op": "mov_cr0", "clear": ["WP"]})
@@ -165,7 +165,7 @@ so it is tied to the guest's CR3. A LabState runs the same events under shadow
 paging and under TDP:
 """),
     code("""
-from mmu_model.widgets import LabState, panes
+from mmu_model.classroom.widgets import LabState, panes
 state = LabState("v6.18", "vmx", vcpus=1, start="long-mode-pcid")
 panes(state)
 """),
@@ -190,7 +190,7 @@ with EPT, MOV CR3 is not intercepted.
 ## What ran in the kernel
 """),
     code("""
-from mmu_model.render import step_graph
+from mmu_model.harness.render import step_graph
 print(step_graph(step["shadow"]))
 """),
     md("""
@@ -236,7 +236,7 @@ Hover over a button to read what the bit does, whether it is a role bit in this 
 and what the SDM says a change invalidates. Role bits are drawn highlighted.
 """),
     code("""
-from mmu_model.widgets import role_explorer
+from mmu_model.classroom.widgets import role_explorer
 roles = role_explorer(era="v6.18", start="long-mode")
 roles
 """),
@@ -306,7 +306,7 @@ from most to least recently used. The kernel's own picture of the rotation is
 `C 0 1 2 → 0 C 1 2 → 1 C 0 2 → 2 C 0 1`.
 """),
     code("""
-from mmu_model.widgets import root_cache
+from mmu_model.classroom.widgets import root_cache
 cache = root_cache(era="v6.18", mode="shadow")
 cache
 """),
@@ -393,7 +393,7 @@ reference counts, the requests, the TLB flushes, the kernel calls and running to
 Undo replays everything but the last step.
 """),
     code("""
-from mmu_model.widgets import lab
+from mmu_model.classroom.widgets import lab
 w = lab(era="v6.18", vendor="vmx", vcpus=1, start="long-mode-pcid")
 w
 """),
@@ -501,8 +501,8 @@ mode; "allocated" is the number of root pages built):
 """),
     code("""
 from mmu_model import load_scenario
-from mmu_model.compare import compare, compare_table
-wp = load_scenario("../scenarios/cr0-wp-toggle.json")
+from mmu_model.analysis.compare import compare, compare_table
+wp = load_scenario("cr0-wp-toggle")
 three = compare(wp, [(e, m, "vmx") for e in ("v5.19", "v6.18") for m in ("shadow", "tdp", "nested-tdp")])
 print(compare_table(three))
 """),
@@ -523,7 +523,7 @@ kept, say where the current root will come from and whether a TLB flush happens,
 press **Reveal**. The same questions come from `python -m mmu_model quiz -s 1 -n 3`.
 """),
     code("""
-from mmu_model.widgets import predict
+from mmu_model.classroom.widgets import predict
 quiz = predict(seed=1, n=3)
 quiz
 """),
@@ -542,7 +542,7 @@ roots survive it?
 * **INIT** – the signal that resets a vCPU's registers.
 """),
     code("""
-from mmu_model.widgets import LabState, panes
+from mmu_model.classroom.widgets import LabState, panes
 state = LabState("v6.18", "vmx", vcpus=1, start="long-mode-pcid")
 smi = state.apply({"op": "smi"})
 panes(state)
@@ -622,10 +622,10 @@ that change with the number of vCPUs?
 %matplotlib inline
 import matplotlib.pyplot as plt
 from mmu_model import load_scenario
-from mmu_model.plots import counts_table, plot_counts, plot_timeline, vcpu_table
+from mmu_model.classroom.plots import counts_table, plot_counts, plot_timeline, vcpu_table
 """),
     code("""
-wp = counts_table(load_scenario("../scenarios/history/grsecurity-wp.json"),
+wp = counts_table(load_scenario("history/grsecurity-wp"),
                   ["v5.17", "seed-v1", "v5.19", "v6.4", "v6.18"], ["shadow", "tdp", "tdp-legacy"])
 fig, ax = plt.subplots(figsize=(9, 3.5)); plot_counts(ax, wp, ylabel="roots built"); plt.show()
 """),
@@ -641,7 +641,7 @@ freed; ✕ marks a destroyed tree, the top row the TLB flushes.
 """),
     code("""
 from mmu_model import run_scenario
-steps = run_scenario(load_scenario("../scenarios/history/grsecurity-wp.json"), "v5.17", "tdp")["steps"][:8]
+steps = run_scenario(load_scenario("history/grsecurity-wp"), "v5.17", "tdp")["steps"][:8]
 fig, ax = plt.subplots(figsize=(9, 3.5)); plot_timeline(ax, steps); plt.show()
 """),
     md("""
@@ -732,7 +732,7 @@ The messages this notebook follows, oldest first (each links to lore):
     code("""
 %matplotlib inline
 import matplotlib.pyplot as plt
-from mmu_model.review import (thread, library_scenario, make_scenario, side_by_side, search,
+from mmu_model.classroom.review import (thread, library_scenario, make_scenario, side_by_side, search,
                               replay, ablation_rows, root_roles, history, cycles_chart_data)
 thread()
 """),
@@ -771,7 +771,8 @@ model's Python, not kernel code):
 """),
     code("""
 import inspect
-from mmu_model import mmu, era_seed
+from mmu_model.kernel import mmu
+from mmu_model.eras import seed as era_seed
 print(inspect.getsource(mmu.kvm_mmu_reset_context))
 print(inspect.getsource(era_seed.kvm_mmu_reset_context_v1))
 """),
@@ -919,7 +920,7 @@ At step 0 seed-v1 keeps the same root and flushes the guest TLB (every address s
 v5.17 and v5.18 free the root and rebuild from the hash, and v5.18 adds the
 current-address-space flush the SDM asks for.
 
-Which of seed-v1's two actions matter? The ablation (`mmu_model.ablate`) removes one action
+Which of seed-v1's two actions matter? The ablation (`mmu_model.analysis.ablate`) removes one action
 at a time and lets the checker search for a stale translation that seed-v1 itself does not
 show. "no violation in N programs" means the random search found none, not that none exists.
 """),
@@ -1010,7 +1011,7 @@ v6.4 only re-inits and keeps the same root. Here is everything the kernel runs i
 the first write:
 """),
     code("""
-from mmu_model.render import step_graph
+from mmu_model.harness.render import step_graph
 print(step_graph(wp_svm.data["v6.4"]["steps"][0]))
 """),
     md("""
@@ -1086,12 +1087,12 @@ grsec = history(library_scenario("history/grsecurity-wp"),
 Under the TDP MMU, v5.17, v5.18 and v5.19 build and destroy a tree on every write; seed-v1
 builds one (for WP=0) and then alternates between two cached roots; from v6.4 the write does
 not even exit. Legacy TDP and shadow paging always found their roots again in the hash.
-The last column is the project's cost model (`mmu_model/cost.py`), fitted to the
+The last column is the project's cost model (`mmu_model/analysis/cost.py`), fitted to the
 vmexit.flat figures above: 46,725 against the measured 46,754 for v5.17 under the TDP MMU.
 As a chart:
 """),
     code("""
-from mmu_model.plots import plot_counts
+from mmu_model.classroom.plots import plot_counts
 fig, ax = plt.subplots(figsize=(9, 3.5))
 plot_counts(ax, cycles_chart_data(grsec), ylabel="est. cycles per CR0 write"); plt.show()
 """),
@@ -1124,7 +1125,7 @@ Every scenario of the library under v6.18 and under your variant; only those whe
 something different are listed (kernel calls aside):
 """),
     code("""
-from mmu_model.review import library_diff
+from mmu_model.classroom.review import library_diff
 mine_diff = library_diff(mine, "v6.18"); mine_diff
 """),
     md("""
@@ -1216,7 +1217,7 @@ nested_merged
 3. Write Sean's sketch for CR0 on v6.18: replace `kvm_post_set_cr0` so that under TDP a
    CR0.PG change only re-inits the MMU (`vcpu.ops.kvm_init_mmu(vcpu)`) and, for 1→0,
    requests `KVM_REQ_TLB_FLUSH_GUEST` (see `kvm_post_set_cr0_sketch` in
-   `mmu_model/era_seed.py`). Compare it with v6.18 on `cr0-pg-off-on` under the TDP MMU, and
+   `mmu_model/eras/seed.py`). Compare it with v6.18 on `cr0-pg-off-on` under the TDP MMU, and
    run the checker on it.
 4. `search("seed-v2", baseline="v5.18")`: does the deferred lookup add stale translations?
 

@@ -173,17 +173,6 @@ class KvmVcpu:
         self.hwtlb = None           # one ArchTlb per (VPID, EPTP) context, the
         self.ept_arch = None        # hardware TLB, and L2's guest-physical mappings
 
-    @property
-    def arch_tlb(self):
-        """The ArchTlb of the context the guest runs in now: (vpid, EPT table)
-        as L1 sees it - (0, None) for L1 itself, (vpid12, EPTP frame) for L2."""
-        key = arch_context(self)
-        tlb = self.arch_tlbs.get(key)
-        if tlb is None:
-            from .guest import ArchTlb
-            tlb = self.arch_tlbs[key] = ArchTlb()
-        return tlb
-
     def pcid(self, cr3: int) -> int:
         """kvm_get_pcid(): the PCID of a CR3 value, 0 while CR4.PCIDE=0."""
         return cr3 & X86_CR3_PCID_MASK if self.cr4 & X86_CR4_PCIDE else 0

@@ -84,6 +84,10 @@ X86_CR3_PCID_NOFLUSH = 1 << 63
 X86_CR3_PCID_MASK = 0xFFF
 # A PAE-paging CR3 holds a 32-byte aligned PDPT address (bits 31:5).
 PAGE_SHIFT = 12
+# A page-table entry's frame bits (4-level and EPT layouts alike, up to 52-bit
+# physical addresses), and an EPT entry's read/write/execute bits (SDM 29.3.2).
+PTE_FRAME = ((1 << 52) - 1) & ~((1 << PAGE_SHIFT) - 1)
+EPT_RWX = 0b111
 PAGE_MASK = ~((1 << PAGE_SHIFT) - 1)
 
 # Simplification: the guest's MAXPHYADDR.  A CR3 with a bit set at or above it

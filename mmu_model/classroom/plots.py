@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from .sim import Simulation
+from ..harness.sim import Simulation
 
 # Okabe-Ito: distinguishable with every common colour-vision deficiency.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442",
@@ -120,7 +120,7 @@ def plot_counts(ax, table: dict, ylabel: str = "", xlabel: str = "") -> list:
 
 def counts_table(scenario, eras, modes, metric="roots_allocated", vendor="vmx") -> dict:
     """{era: {mode: totals[metric]}} for one parsed scenario."""
-    from .sim import run_scenario
+    from ..harness.sim import run_scenario
     return {era: {mode: run_scenario(scenario, era, mode, vendor, trace=False)["totals"][metric]
                   for mode in modes} for era in eras}
 

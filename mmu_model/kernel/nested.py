@@ -49,17 +49,6 @@ def mmu_is_nested(vcpu) -> bool:
     return vcpu.walk_mmu is vcpu.nested_mmu
 
 
-def kvm_mmu_get_guest_pgd(vcpu, mmu) -> int:
-    """The pgd a context's roots shadow: the EPTP / nCR3 for guest_mmu, CR3 otherwise.
-
-    Mirrors: arch/x86/kvm/mmu/mmu.c: kvm_mmu_get_guest_pgd() (v6.x; the
-    ``get_guest_pgd`` callbacks nested_ept_get_eptp() / nested_svm_get_tdp_cr3())
-    """
-    if mmu is vcpu.guest_mmu:
-        return vcpu.vmcs12.ept_pointer
-    return vcpu.cr3
-
-
 def nested_vmx_check_eptp(vcpu, eptp):
     """0, or why L1's EPTP is invalid (VM-entry fails; INVEPT fails).
 

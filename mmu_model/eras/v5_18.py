@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from . import era_v5_17
-from .era_v5_17 import PAGE_ROLE_FIELDS_V5
-from .era_v6_18 import KVM_MMU_EFER_ROLE_BITS, V6_18
-from .registers import X86_CR0_PG
-from .requests import KVM_REQ, kvm_make_request
+from ..kernel.registers import X86_CR0_PG
+from ..kernel.requests import KVM_REQ, kvm_make_request
+from . import v5_17
+from .v5_17 import PAGE_ROLE_FIELDS_V5
+from .v6_18 import KVM_MMU_EFER_ROLE_BITS, V6_18
 
 PAGE_ROLE_FIELDS_V5_19 = tuple(f for f in V6_18.page_role_fields if f != "is_mirror")
 
@@ -30,7 +30,7 @@ PAGE_ROLE_FIELDS_V5_19 = tuple(f for f in V6_18.page_role_fields if f != "is_mir
 # that the cache searches and the obsolete-roots function now exist under
 # their core names, and SVM's flush callbacks were renamed.
 NAMES_V5_18 = {
-    **{k: v for k, v in era_v5_17.V5_17.names.items()
+    **{k: v for k, v in v5_17.V5_17.names.items()
        if not k.startswith("svm:") and k not in ("kvm_mmu_free_obsolete_roots",
                                                  "cached_root_find_and_keep_current",
                                                  "cached_root_find_without_current")},
@@ -55,7 +55,7 @@ def kvm_post_set_cr0(vcpu, old_cr0, cr0):
 
 
 # kvm_mmu_reload() did not check KVM_REQ_MMU_FREE_OBSOLETE_ROOTS yet.
-kvm_mmu_reload = era_v5_17.kvm_mmu_reload
+kvm_mmu_reload = v5_17.kvm_mmu_reload
 
 
 V5_18 = replace(
@@ -74,7 +74,7 @@ V5_18 = replace(
              "f6d0a2521ce1 KVM: x86: Invoke kvm_mmu_unload() directly on CR4.PCIDE change",
              "e65a3b46b5b1 KVM: Drop KVM_REQ_MMU_RELOAD"),
     inferred=None,
-    calc_roles=era_v5_17.calc_roles,
+    calc_roles=v5_17.calc_roles,
     page_role_fields=PAGE_ROLE_FIELDS_V5,
     cpu_role_name="mmu_role",
     efer_role_bits=KVM_MMU_EFER_ROLE_BITS,

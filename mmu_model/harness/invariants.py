@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .kvm import KvmMmuPage, KvmPaeRoot
+from ..kernel.kvm import KvmMmuPage, KvmPaeRoot
 
 
 def slot_references(kvm) -> Counter:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from .registers import (
+from ..kernel.registers import (
     EFER_LME,
     EFER_NX,
     X86_CR0_PG,
@@ -198,7 +198,7 @@ ABLATION_MODES = ("shadow", "tdp", "tdp-legacy", "nested-tdp")
 def ablation_table(era, modes=ABLATION_MODES, vendor="vmx", examples=300,
                    decisions=None) -> list[dict]:
     """One row per (decision, mode): whether the search finds a violation."""
-    from .eras import get_era
+    from ..eras import get_era
     from .search import find_violation
     era_obj = get_era(era) if isinstance(era, str) else era
     rows = []
@@ -235,7 +235,7 @@ def ablation_text(era_name, rows) -> str:
 
 
 def _no_pcide_unload():
-    from .era_v6_18 import V6_18
+    from ..eras.v6_18 import V6_18
     d = next(d for d in V6_DECISIONS if d.id == "cr4-pcide-on-unload")
     return replace(ablated(V6_18, d), name="v6.18~no-pcide-unload",
                    summary="v6.18 without kvm_mmu_unload() on CR4.PCIDE 0->1 (shadow paging)",

@@ -9,7 +9,7 @@ roots allocated, cache and hash hits),
 """
 from __future__ import annotations
 
-from .kvm import KvmPaeRoot
+from ..kernel.kvm import KvmPaeRoot
 
 
 def root_json(info) -> dict | None:
@@ -23,7 +23,7 @@ def root_json(info) -> dict | None:
 
 
 def current_root_json(vcpu, era) -> dict | None:
-    from .roles import role_as_dict
+    from ..kernel.roles import role_as_dict
     out = root_json(vcpu.mmu.root)
     if out is not None:
         out["role"] = role_as_dict(vcpu.mmu.root.hpa.role, era.page_role_fields)

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from .era_v6_18 import KVM_MMU_CR0_ROLE_BITS, KVM_MMU_CR4_ROLE_BITS
-from .eras import Era
-from .kvm import KVM_MMU_NUM_PREV_ROOTS, KVM_MMU_ROOT_CURRENT
-from .registers import (
+from ..kernel.kvm import KVM_MMU_NUM_PREV_ROOTS, KVM_MMU_ROOT_CURRENT
+from ..kernel.registers import (
     EFER_NX,
     X86_CR4_LA57,
     X86_CR4_PCIDE,
@@ -28,8 +26,8 @@ from .registers import (
     X86_CR4_SMAP,
     X86_CR4_SMEP,
 )
-from .requests import KVM_REQ, kvm_make_request
-from .roles import (
+from ..kernel.requests import KVM_REQ, kvm_make_request
+from ..kernel.roles import (
     ACC_ALL,
     PT32E_ROOT_LEVEL,
     PT64_ROOT_4LEVEL,
@@ -46,6 +44,8 @@ from .roles import (
     is_efer_lma,
     role_regs,
 )
+from .era import Era
+from .v6_18 import KVM_MMU_CR0_ROLE_BITS, KVM_MMU_CR4_ROLE_BITS
 
 PAGE_ROLE_FIELDS_V5 = ("level", "has_4_byte_gpte", "quadrant", "direct", "access", "invalid",
                        "efer_nx", "cr0_wp", "smep_andnot_wp", "smap_andnot_wp", "ad_disabled",
@@ -208,7 +208,7 @@ def kvm_init_shadow_ept_mmu(vcpu, new_eptp):
 
     Mirrors: arch/x86/kvm/mmu/mmu.c: kvm_init_shadow_ept_mmu() (v5.17)
     """
-    from .nested import VMX_EPTP_AD_ENABLE_BIT, kvm_calc_shadow_ept_root_page_role
+    from ..kernel.nested import VMX_EPTP_AD_ENABLE_BIT, kvm_calc_shadow_ept_root_page_role
     context = vcpu.guest_mmu
     level = ((new_eptp >> 3) & 7) + 1
     new_role = kvm_calc_shadow_ept_root_page_role(vcpu, bool(new_eptp & VMX_EPTP_AD_ENABLE_BIT),
@@ -224,8 +224,8 @@ def kvm_init_shadow_npt_mmu(vcpu, cr0, cr4, efer, nested_cr3):
 
     Mirrors: arch/x86/kvm/mmu/mmu.c: kvm_init_shadow_npt_mmu() (v5.17)
     """
-    from .registers import X86_CR4_PKE
-    from .roles import RoleRegs
+    from ..kernel.registers import X86_CR4_PKE
+    from ..kernel.roles import RoleRegs
     context = vcpu.guest_mmu
     regs = RoleRegs(cr0, cr4 & ~X86_CR4_PKE, efer, vcpu.smm, True)
     cpu_role, _root, level = vcpu.kvm.era.calc_roles(regs, False)
@@ -258,7 +258,7 @@ def kvm_mmu_invpcid_gva(vcpu, gva, pcid):
 
     Mirrors: arch/x86/kvm/mmu/mmu.c: kvm_mmu_invpcid_gva() (v5.17)
     """
-    from .mmu import page_for_addr, sync_page
+    from ..kernel.mmu import page_for_addr, sync_page
     mmu = vcpu.mmu
     roots = [mmu.root] if pcid == vcpu.active_pcid() else []
     roots += [p for p in mmu.prev_roots if p.hpa is not None and pcid == vcpu.pcid(p.pgd)]

@@ -11,7 +11,6 @@ pages are never unsync (there is no guest memory to write).
 """
 from __future__ import annotations
 
-from .guest import EPT_RWX, PTE_FRAME
 from .kvm import (
     KVM_MMU_NUM_PREV_ROOTS,
     KVM_MMU_ROOT_CURRENT,
@@ -24,7 +23,7 @@ from .kvm import (
     KvmPaeRoot,
     root_to_sp,
 )
-from .registers import PAGE_SHIFT, X86_CR4_LA57
+from .registers import EPT_RWX, PAGE_SHIFT, PTE_FRAME, X86_CR4_LA57
 from .requests import KVM_REQ, kvm_check_request, kvm_make_request
 from .roles import PT32_ROOT_LEVEL, PT32E_ROOT_LEVEL, PT64_ROOT_4LEVEL, role_regs
 
@@ -315,6 +314,17 @@ def pdpte_gfn(cr3: int, i: int) -> int:
     return 0x100000 + ((cr3 >> 5) << 2) + i
 
 
+def kvm_mmu_get_guest_pgd(vcpu, mmu) -> int:
+    """The pgd a context's roots shadow: the EPTP / nCR3 for guest_mmu, CR3 otherwise.
+
+    Mirrors: arch/x86/kvm/mmu/mmu.c: kvm_mmu_get_guest_pgd() (v6.x; the
+    ``get_guest_pgd`` callbacks nested_ept_get_eptp() / nested_svm_get_tdp_cr3())
+    """
+    if mmu is vcpu.guest_mmu:
+        return vcpu.vmcs12.ept_pointer
+    return vcpu.cr3
+
+
 def mmu_alloc_shadow_roots(vcpu):
     """Build the root of a shadow MMU for the guest's CR3.
 
@@ -323,7 +333,6 @@ def mmu_alloc_shadow_roots(vcpu):
     PDPTE; 2-level: one per quadrant of the guest's page directory).
     Mirrors: arch/x86/kvm/mmu/mmu.c: mmu_alloc_shadow_roots()
     """
-    from .nested import kvm_mmu_get_guest_pgd
     kvm, mmu, ops = vcpu.kvm, vcpu.mmu, vcpu.ops
     root_pgd = kvm_mmu_get_guest_pgd(vcpu, mmu)
     root_gfn = (root_pgd & PTE_FRAME) >> PAGE_SHIFT

@@ -14,10 +14,10 @@ import argparse
 import random
 import sys
 
-from .registers import PRESETS
-from .render import event_label, step_graph
-from .scenario import MODES, VENDORS, parse_event
-from .sim import Simulation
+from ..harness.render import event_label, step_graph
+from ..harness.scenario import MODES, VENDORS, parse_event
+from ..harness.sim import Simulation
+from ..kernel.registers import PRESETS
 
 # The built-in eras, fixed here so that a variant registered elsewhere in the
 # process (an ablation, a reviewer's file) cannot change what a seed produces.
@@ -32,7 +32,7 @@ PREFIX_MAX = 3
 
 def _toggle(reg_op, reg, name):
     def make(regs):
-        from .registers import REGISTER_FLAGS
+        from ..kernel.registers import REGISTER_FLAGS
         on = regs[reg] & REGISTER_FLAGS[reg][name]
         return {"op": reg_op, ("clear" if on else "set"): [name]}
     return make

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import random
 
-from .eras import get_era, with_flush_on_reuse
-from .guest import DEFAULT_ADDRS, KERNEL_A, PTE_P, pte
-from .registers import PRESETS, X86_CR4_PCIDE
-from .scenario import parse_event
-from .sim import Simulation
+from ..arch.guest import DEFAULT_ADDRS, KERNEL_A, PTE_P, pte
+from ..eras import get_era, with_flush_on_reuse
+from ..harness.scenario import parse_event
+from ..harness.sim import Simulation
+from ..kernel.registers import PRESETS, X86_CR4_PCIDE
 
 SPACES = (0x1000, 0x2000, 0x3000)
 STARTS = ("long-mode", "long-mode-pcid")
@@ -106,7 +106,7 @@ def _after(raw, start) -> list:
 
 
 def _bit(reg, name):
-    from .registers import bit_by_name
+    from ..kernel.registers import bit_by_name
     return bit_by_name(reg, name)
 
 

@@ -1,8 +1,8 @@
 """Text renderings of outcomes: the step table, the function graph, the era list."""
 from __future__ import annotations
 
-from .registers import bit_names
-from .trace import function_graph
+from ..kernel.registers import bit_names
+from ..kernel.trace import function_graph
 
 
 def _bits(reg: str, mask: int) -> str:

@@ -7,11 +7,11 @@ were, and which kernel functions ran.
 """
 from __future__ import annotations
 
+from ..eras import get_era
+from ..harness.render import event_label
+from ..harness.scenario import Scenario
+from ..harness.sim import run_scenario
 from .cost import CONSTANTS, run_cost, step_cost
-from .eras import get_era
-from .render import event_label
-from .scenario import Scenario
-from .sim import run_scenario
 
 FIELDS = ("intercepted", "fault", "root_source", "freed", "destroyed", "requests",
           "tlb_flushes", "calls")

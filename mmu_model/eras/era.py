@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from typing import Callable, Optional
 
-from . import mmu, nested, smm, tdp_mmu, vendor, x86
-from .trace import traced
+from ..kernel import mmu, nested, smm, tdp_mmu, vendor, x86
+from ..kernel.trace import traced
 
 # Every mirrored function, by the name the core calls it with.
 CORE_FUNCTIONS: dict[str, Callable] = {}
@@ -129,46 +129,3 @@ def with_flush_on_reuse(era: Era) -> Era:
         return era
     return replace(era, name=f"{era.name}+flush-on-reuse", force_flush_and_sync_on_reuse=True,
                    summary=f"{era.name} with force_flush_and_sync_on_reuse=1")
-
-
-ERAS: dict[str, Era] = {}
-
-
-def register_era(era: Era) -> Era:
-    """Make ``era`` available by name (CLI ``--era``, scenarios, compare)."""
-    ERAS[era.name] = era
-    return era
-
-
-def get_era(name: str) -> Era:
-    """The era called ``name``; KeyError naming the known eras otherwise."""
-    _load_builtin()
-    try:
-        return ERAS[name]
-    except KeyError:
-        raise KeyError(f"unknown era {name!r} (expected one of: {', '.join(ERAS)})") from None
-
-
-def all_eras() -> list[Era]:
-    _load_builtin()
-    return list(ERAS.values())
-
-
-DEFAULT_ERA = "v6.18"
-_loaded = False
-
-
-def _load_builtin():
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        # In kernel order; the two variants from the review come last.
-        from .ablate import NO_PCIDE_UNLOAD
-        from .era_seed import REVIEW_SKETCH, SEED_V1, SEED_V2
-        from .era_v5_15 import V5_15
-        from .era_v5_17 import V5_17
-        from .era_v5_18 import V5_18, V5_19
-        from .era_v6_18 import V6_4, V6_18
-        for era in (V5_15, V5_17, SEED_V1, V5_18, V5_19, V6_4, V6_18, SEED_V2, REVIEW_SKETCH,
-                    NO_PCIDE_UNLOAD):
-            ERAS.setdefault(era.name, era)

@@ -8,8 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 from functools import lru_cache
 
-from .eras import Era
-from .registers import (
+from ..kernel.registers import (
     EFER_LME,
     EFER_NX,
     X86_CR0_PG,
@@ -21,7 +20,7 @@ from .registers import (
     X86_CR4_SMAP,
     X86_CR4_SMEP,
 )
-from .roles import (
+from ..kernel.roles import (
     ACC_ALL,
     PT32_ROOT_LEVEL,
     PT32E_ROOT_LEVEL,
@@ -37,6 +36,7 @@ from .roles import (
     is_cr4_pae,
     is_efer_lma,
 )
+from .era import Era
 
 # mmu.h, unchanged from v5.18 to v6.18
 KVM_MMU_CR0_ROLE_BITS = int(X86_CR0_PG | X86_CR0_WP)

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from . import mmu, x86
-from .era_v5_17 import V5_17
-from .era_v5_18 import V5_18
-from .registers import EFER_LME, EFER_NX, X86_CR0_PG, X86_CR4_PCIDE, X86_CR4_PGE, X86_CR4_SMEP
-from .requests import KVM_REQ, kvm_make_request
+from ..kernel import mmu, x86
+from ..kernel.registers import EFER_LME, EFER_NX, X86_CR0_PG, X86_CR4_PCIDE, X86_CR4_PGE, X86_CR4_SMEP
+from ..kernel.requests import KVM_REQ, kvm_make_request
+from .v5_17 import V5_17
+from .v5_18 import V5_18
 
 # ---------------------------------------------------------------------------
 # seed-v1
@@ -71,7 +71,7 @@ def kvm_vcpu_reset_v1(vcpu, init_event):
 
     Mirrors: v1 12/12: kvm_vcpu_reset() (never merged)
     """
-    from .registers import X86_CR0_CD, X86_CR0_ET, X86_CR0_NW
+    from ..kernel.registers import X86_CR0_CD, X86_CR0_ET, X86_CR0_NW
     ops = vcpu.ops
     old_cr0 = vcpu.cr0
     vcpu.smi_pending = False
@@ -154,8 +154,8 @@ def kvm_set_cr3_v2(vcpu, cr3):
     Mirrors: v2 16/18 <20220217210340.312449-17-pbonzini@redhat.com>:
     kvm_set_cr3() (never merged)
     """
-    from .registers import GUEST_MAXPHYADDR, X86_CR3_PCID_MASK, X86_CR3_PCID_NOFLUSH
-    from .x86 import is_pae_paging, kvm_vcpu_is_legal_cr3
+    from ..kernel.registers import GUEST_MAXPHYADDR, X86_CR3_PCID_MASK, X86_CR3_PCID_NOFLUSH
+    from ..kernel.x86 import is_pae_paging, kvm_vcpu_is_legal_cr3
     ops = vcpu.ops
     skip_tlb_flush, pcid = False, 0
     if vcpu.cr4 & X86_CR4_PCIDE:
@@ -183,7 +183,7 @@ def kvm_post_set_cr4_v2(vcpu, old_cr4, cr4):
     Mirrors: v2 17/18 <20220217210340.312449-18-pbonzini@redhat.com>:
     kvm_post_set_cr4() (merged in v5.18 with a direct unload instead)
     """
-    from .registers import X86_CR4_PAE
+    from ..kernel.registers import X86_CR4_PAE
     changed = cr4 ^ old_cr4
     if changed & vcpu.kvm.era.cr4_role_bits:
         vcpu.ops.kvm_mmu_reset_context(vcpu)
@@ -202,7 +202,7 @@ def __set_sregs_v2(vcpu, sregs):
     Mirrors: v2 13/18 <20220217210340.312449-14-pbonzini@redhat.com>:
     __set_sregs() (never merged)
     """
-    from .x86 import is_pae_paging, kvm_is_valid_sregs
+    from ..kernel.x86 import is_pae_paging, kvm_is_valid_sregs
     err = kvm_is_valid_sregs(vcpu, sregs)
     if err:
         return err

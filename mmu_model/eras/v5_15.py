@@ -12,12 +12,10 @@ from __future__ import annotations
 from dataclasses import replace
 from functools import lru_cache
 
-from . import era_v5_17
-from .era_v5_17 import PAGE_ROLE_FIELDS_V5, V5_17
-from .kvm import KVM_MMU_NUM_PREV_ROOTS, KVM_MMU_ROOT_PREVIOUS
-from .registers import PAGE_SHIFT, X86_CR4_PCIDE, X86_CR4_PGE
-from .requests import KVM_REQ, kvm_make_request
-from .roles import (
+from ..kernel.kvm import KVM_MMU_NUM_PREV_ROOTS, KVM_MMU_ROOT_PREVIOUS
+from ..kernel.registers import PAGE_SHIFT, X86_CR4_PCIDE, X86_CR4_PGE
+from ..kernel.requests import KVM_REQ, kvm_make_request
+from ..kernel.roles import (
     KvmCpuRole,
     RoleRegs,
     calc_mmu_role_ext,
@@ -26,6 +24,8 @@ from .roles import (
     is_cr4_pae,
     role_regs,
 )
+from . import v5_17
+from .v5_17 import PAGE_ROLE_FIELDS_V5, V5_17
 
 # mmu.h (v5.15): PGE was still a role bit (a91a7c709600 removed it in v5.16).
 KVM_MMU_CR4_ROLE_BITS_V5_15 = V5_17.cr4_role_bits | X86_CR4_PGE
@@ -78,7 +78,7 @@ def load_pdptrs(vcpu, cr3) -> bool:
 
     Mirrors: arch/x86/kvm/x86.c: load_pdptrs() (v5.15)
     """
-    from .mmu import pdpte_gfn
+    from ..kernel.mmu import pdpte_gfn
     vcpu.walk_mmu.pdptrs = tuple((pdpte_gfn(cr3, i) << PAGE_SHIFT) | 1 for i in range(4))
     return True
 
@@ -89,13 +89,13 @@ def kvm_calc_shadow_mmu_root_page_role(regs: RoleRegs, base_only: bool = False):
 
     Mirrors: arch/x86/kvm/mmu/mmu.c: kvm_calc_shadow_root_page_role_common() (v5.15)
     """
-    role = era_v5_17.kvm_calc_shadow_mmu_root_page_role(regs, base_only)
+    role = v5_17.kvm_calc_shadow_mmu_root_page_role(regs, base_only)
     return role.replace(has_4_byte_gpte=not (is_cr0_pg(regs) and is_cr4_pae(regs)))
 
 
 @lru_cache(maxsize=None)
 def calc_roles(regs: RoleRegs, tdp: bool):
-    base = (era_v5_17.kvm_calc_tdp_mmu_root_page_role(regs) if tdp
+    base = (v5_17.kvm_calc_tdp_mmu_root_page_role(regs) if tdp
             else kvm_calc_shadow_mmu_root_page_role(regs))
     mmu_role = KvmCpuRole(base, calc_mmu_role_ext(regs, with_pg_pae=True))
     return mmu_role, base, guest_paging_level(regs)
@@ -108,7 +108,7 @@ def kvm_mmu_calc_root_page_role(vcpu):
     """
     regs = role_regs(vcpu)
     if vcpu.kvm.tdp_enabled:
-        return era_v5_17.kvm_calc_tdp_mmu_root_page_role(regs)
+        return v5_17.kvm_calc_tdp_mmu_root_page_role(regs)
     return kvm_calc_shadow_mmu_root_page_role(regs, base_only=True)
 
 

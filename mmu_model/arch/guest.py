@@ -16,18 +16,18 @@ architecture lets its TLB still hold, and the hardware TLB that KVM drives.
   EPT/NPT tables that the architecture lets L2 still use (SDM 28.3.3: only
   INVEPT, or an EPT violation for that address, removes them).
 
-This module imports nothing from the model; the model and the checker call it.
+This module imports only the architecture's constants (kernel/registers.py);
+the harness and the checker call it, the kernel mirror never does.
 """
 from __future__ import annotations
 
-from .registers import PAGE_SHIFT
+from ..kernel.registers import EPT_RWX, PAGE_SHIFT, PTE_FRAME
 
 PTE_P = 1 << 0
 PTE_RW = 1 << 1
 PTE_US = 1 << 2
 PTE_G = 1 << 8
 PTE_NX = 1 << 63
-PTE_FRAME = ((1 << 52) - 1) & ~((1 << PAGE_SHIFT) - 1)
 
 # Default mappings of every address space: two user pages private to the
 # space, and a kernel page mapped global and identically in all spaces.
@@ -53,8 +53,7 @@ def describe(value) -> str:
 
 
 # EPT entries (SDM 29.3.2): read, write and execute permission in bits 0-2.
-EPT_R, EPT_W, EPT_X = 1, 2, 4
-EPT_RWX = EPT_R | EPT_W | EPT_X
+EPT_R, EPT_W, EPT_X = 1, 2, 4          # EPT_RWX (all three) is in kernel/registers.py
 # Where L1 puts L2's memory by default: L2 page n at L1 page n + EPT_OFFSET.
 EPT_OFFSET = 0x100000
 

@@ -13,19 +13,9 @@ guest would use.
 """
 from __future__ import annotations
 
-from .guest import (
-    EPT_RWX,
-    PTE_FRAME,
-    PTE_P,
-    EptArchTlb,
-    GuestMemory,
-    HwTlb,
-    describe,
-    describe_ept,
-)
-from .kvm import arch_context, ept_table
-from .mmu import is_noncanonical_address, page_for_addr, root_pages
-from .registers import (
+from ..kernel.kvm import arch_context, ept_table
+from ..kernel.mmu import is_noncanonical_address, page_for_addr, root_pages
+from ..kernel.registers import (
     EFER_LMA,
     PAGE_SHIFT,
     X86_CR0_PG,
@@ -36,7 +26,28 @@ from .registers import (
     X86_CR4_PGE,
     X86_CR4_SMEP,
 )
-from .vendor import hw_tag
+from ..kernel.vendor import hw_tag
+from .guest import (
+    EPT_RWX,
+    PTE_FRAME,
+    PTE_P,
+    ArchTlb,
+    EptArchTlb,
+    GuestMemory,
+    HwTlb,
+    describe,
+    describe_ept,
+)
+
+
+def arch_tlb(vcpu) -> ArchTlb:
+    """The ArchTlb of the context the guest runs in now: (vpid, EPT table)
+    as L1 sees it - (0, None) for L1 itself, (vpid12, EPTP frame) for L2."""
+    key = arch_context(vcpu)
+    tlb = vcpu.arch_tlbs.get(key)
+    if tlb is None:
+        tlb = vcpu.arch_tlbs[key] = ArchTlb()
+    return tlb
 
 
 def attach(kvm) -> None:
@@ -58,7 +69,7 @@ def observe_all(kvm) -> None:
     while L2 runs, what L1's EPT/NPT table maps)."""
     for vcpu in kvm.vcpus:
         if vcpu.cr0 & X86_CR0_PG and not vcpu.smm:
-            vcpu.arch_tlb.observe(vcpu.active_pcid(), kvm.guest.table(space_of(vcpu)))
+            arch_tlb(vcpu).observe(vcpu.active_pcid(), kvm.guest.table(space_of(vcpu)))
         if vcpu.guest_mode:
             table = ept_table(vcpu.vmcs12.ept_pointer)
             seen = (kvm.guest.version, table)
@@ -127,9 +138,9 @@ def violations(kvm) -> list[dict]:
             if got is None or not got & PTE_P:
                 continue
             expected = memory.get(addr)
-            if got == expected or got in vcpu.arch_tlb.allowed(pcid, addr):
+            if got == expected or got in arch_tlb(vcpu).allowed(pcid, addr):
                 continue
-            removed = vcpu.arch_tlb.removed
+            removed = arch_tlb(vcpu).removed
             at = removed.get((pcid, addr, got))
             if at is None:
                 at = max((s for (p, a, v), s in removed.items() if a == addr and v == got),
@@ -177,7 +188,7 @@ def arch_effects(vcpu, ev, before, step, native: bool) -> None:
     its hardware TLB too."""
     op = ev["op"]
     vpid = hw_tag(vcpu)[0]
-    vcpu.arch_tlb                            # the current context exists from here on
+    arch_tlb(vcpu)                           # the current context exists from here on
     ctx_vpid = arch_context(vcpu)[0]
     # Guest instructions act on the current VPID "for all EP4TAs" (SDM
     # 28.3.3.1): every EPT table's context of L2's vpid12, not just the current.
@@ -292,7 +303,7 @@ def on_access(vcpu, ev):
     intercepted = False
     if got is None or not got & PTE_P:
         # Not present anywhere the CPU looks: a #PF (via KVM under shadow paging).
-        vcpu.arch_tlb.flush_pcid_addr_nonglobal(kvm.step.index, pcid, addr)
+        arch_tlb(vcpu).flush_pcid_addr_nonglobal(kvm.step.index, pcid, addr)
         vcpu.hwtlb.flush_pcid_addr_nonglobal(pcid, addr)
         return "PF", f"{addr:#x} is not mapped in this address space", not kvm.tdp_enabled
     if source == "walk" and not kvm.tdp_enabled and not vcpu.mmu.root_role.direct:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from .registers import PRESETS, REGISTER_FLAGS
+from ..kernel.registers import PRESETS, REGISTER_FLAGS
 
 MODES = ("shadow", "tdp", "tdp-legacy", "nested-tdp")
 VENDORS = ("vmx", "svm")
@@ -267,11 +269,41 @@ def parse_scenario(data: Any, default_name: str = "scenario") -> Scenario:
     return Scenario(name, desc, mode, vendor, vcpus, start, preset, parsed, era, story, links)
 
 
+def library() -> Traversable:
+    """The scenario library shipped in the package (``mmu_model/scenarios``):
+    found through the package's resources, so it works from a source tree, an
+    installed wheel and Pyodide alike."""
+    return files("mmu_model") / "scenarios"
+
+
+def library_names() -> list[str]:
+    """Every library scenario by name (``pcid-lru``, ``history/grsecurity-wp``, ...),
+    in the order of their file names: the top folder first, then each subfolder."""
+    files_ = [e.name for e in library().iterdir() if e.name.endswith(".json")]
+    names = [f[:-5] for f in sorted(files_)]
+    for folder in sorted((e for e in library().iterdir() if e.is_dir()), key=lambda e: e.name):
+        names += [f"{folder.name}/{f[:-5]}" for f in
+                  sorted(e.name for e in folder.iterdir() if e.name.endswith(".json"))]
+    return names
+
+
+def _library_file(name: str):
+    """The library entry for ``name`` (e.g. ``pcid-lru``), or None."""
+    if name.endswith(".json") or name.startswith(("/", ".")):
+        return None
+    entry = library().joinpath(*f"{name}.json".split("/"))
+    return entry if entry.is_file() else None
+
+
 def load_scenario(path: str | Path) -> Scenario:
-    """Read and validate a scenario file; ScenarioError for any problem."""
+    """Read and validate a scenario file; ScenarioError for any problem.
+
+    ``path`` is a file, or the name of a library scenario (``pcid-lru``,
+    ``history/grsecurity-wp``) when no such file exists."""
     p = Path(path)
+    entry = None if p.exists() else _library_file(str(path))
     try:
-        text = p.read_text()
+        text = entry.read_text() if entry is not None else p.read_text()
     except OSError as err:
         raise ScenarioError("$", f"cannot read the file: {err.strerror}") from None
     try:

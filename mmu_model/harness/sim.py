@@ -7,14 +7,15 @@ kernel thing, so its names are ordinary words.
 """
 from __future__ import annotations
 
-from . import checker, nested, vendor, x86
-from .eras import DEFAULT_ERA, Era, get_era
-from .kvm import Kvm, StepLog
-from .mmu import is_noncanonical_address
+from ..arch import checker
+from ..eras import DEFAULT_ERA, Era, get_era
+from ..kernel import nested, vendor, x86
+from ..kernel.kvm import Kvm, StepLog
+from ..kernel.mmu import is_noncanonical_address
+from ..kernel.registers import PRESETS, X86_CR0_PG, X86_CR3_PCID_NOFLUSH, X86_CR4_PCIDE, X86_FEATURE
+from ..kernel.trace import Trace
 from .outcome import add_to_totals, empty_totals, step_outcome
-from .registers import PRESETS, X86_CR0_PG, X86_CR3_PCID_NOFLUSH, X86_CR4_PCIDE, X86_FEATURE
 from .scenario import NESTED_OPS, Scenario, ScenarioError, parse_event, parse_start
-from .trace import Trace
 
 
 class Simulation:

@@ -18,13 +18,13 @@ from types import SimpleNamespace
 
 import ipywidgets as W
 
+from ..eras import all_eras, get_era
+from ..harness.render import step_graph
+from ..harness.scenario import ScenarioError, parse_event
+from ..harness.sim import Simulation
+from ..kernel.registers import EFER, PRESETS, X86_CR0, X86_CR4, bit_names
+from ..kernel.roles import role_as_dict, role_regs
 from . import quiz as quizlib
-from .eras import all_eras, get_era
-from .registers import EFER, PRESETS, X86_CR0, X86_CR4, bit_names
-from .render import step_graph
-from .roles import role_as_dict, role_regs
-from .scenario import ScenarioError, parse_event
-from .sim import Simulation
 
 # ---------------------------------------------------------------------------
 # What each bit does, and what the SDM says a change of it invalidates.
@@ -482,7 +482,7 @@ def role_html(state: LabState, vcpu: int = 0) -> str:
 def eras_role_html(regs: dict) -> str:
     """For these registers: per era, the role bits and what the TDP root role
     keeps of the guest's CR0.WP and EFER.NX."""
-    from .roles import RoleRegs
+    from ..kernel.roles import RoleRegs
     rr = RoleRegs(regs["cr0"], regs["cr4"], regs["efer"], regs.get("smm", False))
     lines = []
     for era in all_eras():

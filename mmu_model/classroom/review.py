@@ -13,19 +13,17 @@ from __future__ import annotations
 import html
 import statistics
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from .ablate import DECISIONS, V6_DECISIONS, ablated
-from .cost import step_cost
-from .eras import Era, get_era
-from .render import event_label
-from .roles import role_as_dict
-from .scenario import Scenario, load_scenario, parse_event, parse_scenario
-from .search import find_violation, reproduction
-from .sim import Simulation, run_scenario
+from ..analysis.ablate import DECISIONS, V6_DECISIONS, ablated
+from ..analysis.cost import step_cost
+from ..analysis.search import find_violation, reproduction
+from ..eras import Era, get_era
+from ..harness.render import event_label
+from ..harness.scenario import Scenario, library_names, load_scenario, parse_event, parse_scenario
+from ..harness.sim import Simulation, run_scenario
+from ..kernel.roles import role_as_dict
 
 LORE = "https://lore.kernel.org/kvm/"
-SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
 
 # The messages the notebook follows: key -> (Message-ID, author, date, what it is).
 MESSAGES = {
@@ -117,7 +115,7 @@ def thread() -> Table:
 
 def library_scenario(name: str) -> Scenario:
     """A scenario of the project's library by name: ``"smi-rsm"``, ``"history/grsecurity-wp"``."""
-    return load_scenario(SCENARIOS / f"{name}.json")
+    return load_scenario(name)
 
 
 def make_scenario(name: str, start: str, events: list, description: str = "") -> Scenario:
@@ -334,8 +332,8 @@ def library_diff(variant, base, modes=("shadow", "tdp"), vendor: str = "vmx") ->
     difference are left out; ``data`` maps (scenario, mode) to the differing
     step indices."""
     rows, data = [], {}
-    for path in sorted(SCENARIOS.glob("*.json")):
-        sc = load_scenario(path)
+    for name in (n for n in library_names() if "/" not in n):
+        sc = load_scenario(name)
         for mode in modes:
             a = run_scenario(sc, base, mode, vendor, trace=False)
             b = run_scenario(sc, variant, mode, vendor, trace=False)
