@@ -42,13 +42,21 @@ def test_run_table_echoes_parameters():
     assert "kvm_tdp_mmu_put_root();" in r.stdout
 
 
-def test_eras_lists_each_era_on_one_line():
-    r = cli("eras")
-    lines = r.stdout.splitlines()
-    assert [line.split()[0] for line in lines] == ["v5.15", "v5.17", "seed-v1", "v5.18", "v5.19",
-                                                   "v6.4", "v6.18", "seed-v2", "review-sketch",
-                                                   "v6.18~no-pcide-unload"]
-    assert all("Defined by:" in line for line in lines)
+def test_eras_lists_each_era_in_a_block_within_100_columns():
+    """One block per era, its name first; every line fits 100 columns; each
+    source is named by its whole commit id or Message-ID, not its first word."""
+    for flags in ((), ("-v",)):
+        r = cli("eras", *flags)
+        assert r.returncode == 0
+        assert all(len(line) <= 100 for line in r.stdout.splitlines()), flags
+    blocks = cli("eras").stdout.strip().split("\n\n")
+    assert [b.split()[0] for b in blocks] == ["v5.15", "v5.17", "seed-v1", "v5.18", "v5.19",
+                                              "v6.4", "v6.18", "seed-v2", "review-sketch",
+                                              "v6.18~no-pcide-unload"]
+    assert all("defined by:" in b for b in blocks)
+    seed = " ".join(blocks[2].split())
+    assert "<20220209170020.1775368-13-pbonzini@redhat.com>" in seed
+    assert "e65a3b46b5b1" in blocks[3] and "read," not in blocks[3]
 
 
 BAD = [

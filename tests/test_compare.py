@@ -65,3 +65,41 @@ def test_compare_cli_table_and_json():
 def test_compare_bad_era_exits_2():
     r = cli("compare", "scenarios/init.json", "--era", "v5.17", "--era", "nope")
     assert r.returncode == 2 and r.stderr.startswith("--era: unknown era 'nope'")
+
+
+def test_compare_sees_the_checker_and_prints_the_values():
+    """A violation only one run has is a difference: the step is marked, the
+    violation is printed, and the summary names the run and the step."""
+    from mmu_model.analysis.compare import compare_table
+    from mmu_model.eras import with_flush_on_reuse
+    sc = load_scenario("one-space-two-pcids")
+    fixed = with_flush_on_reuse(__import__("mmu_model").get_era("v6.18"))
+    __import__("mmu_model").register_era(fixed)
+    try:
+        doc = compare(sc, [("v6.18", "shadow", "vmx"), (fixed.name, "shadow", "vmx")])
+    finally:
+        from mmu_model.eras import ERAS
+        del ERAS[fixed.name]
+    stale = [s["index"] for s in doc["steps"] if "violations" in s["differs"]]
+    assert stale and all(doc["steps"][i]["runs"][0]["violations"] for i in stale)
+    assert not any(doc["steps"][i]["runs"][1]["violations"] for i in stale)
+    text = compare_table(doc)
+    first = stale[0]
+    assert "Stale translations: v6.18/shadow/vmx at step" in text
+    assert f"(none in {fixed.name}/shadow/vmx)" in text
+    block = text.split(f"\nstep {first} ")[1].split("\nstep ")[0]
+    assert "STALE x1" in block and "violations: vcpu 0 0x401000: stale frame" in block
+    # The values of a differing field outside the per-run line, and the calls' diff.
+    assert "requests: KVM_REQ_LOAD_MMU_PGD   [v6.18/shadow/vmx]" in block
+    assert "KVM_REQ_TLB_FLUSH_CURRENT" in block and "+   kvm_mmu_sync_roots" in block
+
+
+def test_compare_shows_the_root_role_bits_that_differ():
+    """v5.17's TDP root carries the guest's CR0.WP; v6.18's does not."""
+    from mmu_model.analysis.compare import compare_table
+    doc = compare(GRSEC, [("v5.17", "tdp", "vmx"), ("v6.18", "tdp", "vmx")])
+    assert "role" in doc["steps"][0]["differs"]
+    text = compare_table(doc)
+    assert "role: cr0_wp=0   [v5.17/tdp/vmx]" in text and "role: cr0_wp=1   [v6.18/tdp/vmx]" in text
+    assert doc["summary"].startswith("v6.18/tdp/vmx differs from v5.17/tdp/vmx in 20 of 20 steps")
+    assert text.count("note: v5.17: inferred:") == 1

@@ -113,16 +113,35 @@ def step_graph(step: dict) -> str:
     return function_graph(list(zip(step["call_depth"], step["calls"])))
 
 
-def eras_table(eras, verbose: bool = False) -> str:
-    """One line per era: name, kernel range, summary, defining commits."""
-    lines = []
+def source_id(source: str) -> str:
+    """What identifies a source: its commit id or Message-ID, else its words up
+    to the first parenthesis ("v5.15 tree (torvalds/linux ...)" -> "v5.15 tree")."""
+    first = source.split()[0]
+    if first.startswith("<") or (len(first) >= 7 and all(c in "0123456789abcdef" for c in first)):
+        return first
+    return source.split(" (")[0]
+
+
+def eras_table(eras, verbose: bool = False, width: int = 100) -> str:
+    """A block per era, within ``width`` columns: the name, kernel range and
+    kind on one line; what characterises it; the commits and Message-IDs that
+    define it (``verbose``: each source in full, and what is inferred)."""
+    import textwrap
+    wrap = textwrap.TextWrapper(width=width, initial_indent="  ", subsequent_indent="    ",
+                                break_on_hyphens=False, break_long_words=False)
+    blocks = []
     for e in eras:
-        kind = f" (variant of {e.parent})" if e.parent else ""
-        inferred = " [partly inferred]" if e.inferred else ""
-        ids = ", ".join(s.split()[0] for s in e.sources)
-        lines.append(f"{e.name:<13} {e.kernel:<20} {e.summary}{kind}{inferred}. Defined by: {ids}")
+        head = f"{e.name:<22} {e.kernel}"
+        if e.parent:
+            head += f"   (variant of {e.parent})"
+        if e.inferred:
+            head += "   [partly inferred]"
+        lines = [head] + wrap.wrap(e.summary.rstrip(".") + ".")
+        lines += wrap.wrap("defined by: " + ", ".join(source_id(s) for s in e.sources))
         if verbose:
-            lines += [f"{'':<35}{s}" for s in e.sources]
+            for s in e.sources:
+                lines += wrap.wrap("- " + s)
             if e.inferred:
-                lines.append(f"{'':<35}inferred: {e.inferred}")
-    return "\n".join(lines)
+                lines += wrap.wrap("inferred: " + e.inferred)
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
