@@ -111,7 +111,7 @@ def test_eras_are_listed_in_kernel_order_with_sources():
 
 
 def test_derive_rejects_unknown_function_names():
-    with pytest.raises(ValueError, match="not a mirrored function: kvm_post_set_cr9"):
+    with pytest.raises(ValueError, match="not a mirrored function or an era field: kvm_post_set_cr9"):
         get_era("v6.18").derive("x", "y", kvm_post_set_cr9=lambda *a: None)
 
 
@@ -153,3 +153,39 @@ def test_seed_v2_flushing_cr3_loses_the_cached_root():
     *_, v2 = run("cr3-flush-to-cached-root", "seed-v2", "shadow")
     assert merged["root_source"] == "cache" and merged["freed"] == []
     assert v2["root_source"] == "hash" and [f["pgd"] for f in v2["freed"]] == ["0x2001"]
+
+
+def test_derive_takes_an_era_field_so_one_mask_is_one_keyword():
+    """d6174299365d (reset on EFER.LME as well as NX) as a variant of v5.17:
+    one keyword, and a host write of EFER.LME then resets the MMU."""
+    from mmu_model.kernel.registers import EFER_LME, EFER_NX
+    base = get_era("v5.17")
+    patched = base.derive("v5.17+d6174299365d", "reset on LME|NX",
+                          efer_role_bits=EFER_NX | EFER_LME)
+    assert patched.efer_role_bits == EFER_NX | EFER_LME and base.efer_role_bits == EFER_NX
+    ev = {"op": "wrmsr_efer", "set": ["LME"], "host": True}
+    before = Simulation(base, "shadow").apply(ev)
+    after = Simulation(patched, "shadow").apply(ev)
+    assert "kvm_mmu_reset_context" not in before["calls"]
+    assert "kvm_mmu_reset_context" in after["calls"]
+
+
+def test_an_override_can_call_the_function_it_replaces():
+    """vcpu.ops.parent.<name> runs the parent's version; its callees still go
+    through the variant's table, and the trace shows the function once."""
+    seen = []
+
+    def kvm_set_cr3(vcpu, cr3):
+        seen.append(cr3)
+        return vcpu.ops.parent.kvm_set_cr3(vcpu, cr3)
+
+    v = get_era("v6.18").derive("v6.18~wrapped", "kvm_set_cr3 wrapped", kvm_set_cr3=kvm_set_cr3)
+    got = Simulation(v, "shadow").apply({"op": "mov_cr3", "value": "0x3000"})
+    want = Simulation("v6.18", "shadow").apply({"op": "mov_cr3", "value": "0x3000"})
+    assert seen == [0x3000]
+    assert got["calls"] == want["calls"] and got["calls"].count("kvm_set_cr3") == 1
+
+
+def test_derive_names_what_it_does_not_know():
+    with pytest.raises(ValueError, match="not a mirrored function or an era field: bogus"):
+        get_era("v6.18").derive("x", "y", bogus=1)

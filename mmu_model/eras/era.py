@@ -9,7 +9,7 @@ functions replaced (:meth:`Era.derive`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from types import SimpleNamespace
 from typing import Callable, Optional
 
@@ -77,6 +77,7 @@ class Era:
     parent: Optional[str] = None      # for variants: the era they start from
     overrides: dict = field(default_factory=dict)   # core name -> replacement function
     names: dict = field(default_factory=dict)       # [vendor:]core name -> this kernel's name (None: inlined)
+    parent_functions: dict = field(default_factory=dict)  # variants: the parent's table (ops.parent)
 
     def kernel_name(self, core_name: str, vendor_name: str = "vmx") -> Optional[str]:
         if f"{vendor_name}:{core_name}" in self.names:
@@ -95,31 +96,48 @@ class Era:
             if self.op_wrapper is not None:
                 fn = self.op_wrapper(core_name, fn)
             setattr(ops, core_name, fn)
+        if self.parent_functions:
+            # An override may call the function it replaces: vcpu.ops.parent.<name>
+            # runs the parent era's version (untraced: the override's own entry is
+            # in the trace), whose callees go through this era's table.
+            ops.parent = SimpleNamespace(**self.parent_functions)
         return ops
 
     def derive(self, name: str, summary: str, *, kernel: Optional[str] = None,
                sources: tuple = (), inferred: Optional[str] = None,
-               helpers: Optional[dict] = None, **functions) -> "Era":
-        """A variant: this era with some mirrored functions replaced.
+               helpers: Optional[dict] = None, **changes) -> "Era":
+        """A variant: this era with some mirrored functions or data fields replaced.
 
         Keyword arguments are mirrored functions by their core name
         (``kvm_post_set_cr4``, ``kvm_mmu_reset_context``, ...), each taking the
-        kernel function's arguments.  ``helpers`` adds functions of the
-        variant's own (reached as ``vcpu.ops.<name>`` and traced under that
-        name).  Register the result with :func:`register_era` to use it by
-        name, e.g. from the command line's ``--era``.
+        kernel function's arguments, or the era's data fields (``efer_role_bits``,
+        ``cr4_role_bits``, ``sregs_flush_guest``, ...), so a patch that changes one
+        mask is one keyword.  An override reaches the function it replaces as
+        ``vcpu.ops.parent.<name>``.  ``helpers`` adds functions of the variant's
+        own (reached as ``vcpu.ops.<name>`` and traced under that name).
+        Register the result with :func:`register_era` to use it by name, e.g.
+        from the command line's ``--era``.
         """
+        data = {f.name for f in fields(Era)} - DERIVE_FIXED
+        functions = {k: v for k, v in changes.items() if k not in data}
         known = set(CORE_FUNCTIONS) | set(self.overrides)
         unknown = sorted(set(functions) - known)
         if unknown:
-            raise ValueError(f"not a mirrored function: {', '.join(unknown)} "
-                             f"(expected one of: {', '.join(sorted(known))}; "
-                             "pass new functions as helpers=)")
+            raise ValueError(f"not a mirrored function or an era field: {', '.join(unknown)} "
+                             f"(functions: {', '.join(sorted(known))}; fields: "
+                             f"{', '.join(sorted(data))}; pass new functions as helpers=)")
+        fields_ = {k: v for k, v in changes.items() if k in data}
         return replace(self, name=name, summary=summary, parent=self.name, merged=False,
                        kernel=kernel or f"{self.kernel} + variant",
                        sources=sources or self.sources,
                        inferred=inferred if inferred is not None else self.inferred,
-                       overrides={**self.overrides, **(helpers or {}), **functions})
+                       overrides={**self.overrides, **(helpers or {}), **functions},
+                       parent_functions={**CORE_FUNCTIONS, **self.overrides}, **fields_)
+
+
+# Era fields that derive() sets itself or that describe the record, not the kernel.
+DERIVE_FIXED = {"name", "summary", "kernel", "sources", "inferred", "parent", "merged",
+                "overrides", "names", "parent_functions", "op_wrapper", "suppress_request"}
 
 
 def with_flush_on_reuse(era: Era) -> Era:
