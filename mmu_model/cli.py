@@ -1,4 +1,4 @@
-"""The command line: ``python -m mmu_model run|compare|check|ablate|quiz|eras``.
+"""The command line: ``python -m mmu_model run|compare|check|ablate|review|quiz|eras``.
 
 Invalid input exits 2 with one line naming the file and the JSON path;
 a guest fault is a result, not an error.
@@ -61,6 +61,18 @@ def _parser() -> argparse.ArgumentParser:
     abl.add_argument("--vendor", choices=VENDORS, default="vmx")
     abl.add_argument("--examples", type=int, default=1000, help="programs per row (default 1000)")
     abl.add_argument("--json", action="store_true")
+    rev = sub.add_parser("review", help="a variant against its base: the library, a search, "
+                                         "coverage, invariants")
+    rev.add_argument("--era", required=True, help="the variant (registered by --variants)")
+    rev.add_argument("--baseline", metavar="ERA", help="default: the era the variant derives from")
+    rev.add_argument("--mode", action="append", choices=MODES,
+                     help="modes (repeatable; default: shadow, tdp, tdp-legacy)")
+    rev.add_argument("--vendor", choices=VENDORS, default="vmx")
+    rev.add_argument("--examples", type=int, default=2000,
+                     help="random programs per mode and side (default 2000)")
+    rev.add_argument("--seed", type=int, default=0)
+    rev.add_argument("--json", action="store_true")
+    rev.add_argument("--variants", action="append", default=[], metavar="FILE.py")
     sub.add_parser("quiz", help="seeded questions: -s SEED [-n N] [-c] [--key] (see quiz -h)")
     eras = sub.add_parser("eras", help="list the eras: name, kernel range, what defines them")
     eras.add_argument("-v", "--verbose", action="store_true", help="also list each source in full")
@@ -177,6 +189,23 @@ def cmd_ablate(args) -> int:
     return 0
 
 
+def cmd_review(args) -> int:
+    from .analysis.patch import MODES as REVIEW_MODES
+    from .analysis.patch import review, review_text
+    err = (load_variants(args.variants) or _positive(args.examples, "--examples")
+           or _unknown_era([args.era]) or _unknown_era([args.baseline] if args.baseline else [],
+                                                       "--baseline"))
+    if err:
+        return _fail(err)
+    if not args.baseline and get_era(args.era).parent is None:
+        return _fail(f"--era: {args.era} is not a variant; name the era to compare it with "
+                     "(--baseline ERA)")
+    doc = review(args.era, args.baseline, tuple(args.mode or REVIEW_MODES), args.vendor,
+                 args.examples, args.seed)
+    print(json.dumps(doc, indent=2) if args.json else review_text(doc))
+    return 0
+
+
 def cmd_eras(args) -> int:
     print(eras_table(all_eras(), args.verbose))
     return 0
@@ -189,4 +218,4 @@ def main(argv=None) -> int:
         return quiz_main(argv[1:])
     args = _parser().parse_args(argv)
     return {"run": cmd_run, "compare": cmd_compare, "check": cmd_check, "ablate": cmd_ablate,
-            "eras": cmd_eras}[args.command](args)
+            "review": cmd_review, "eras": cmd_eras}[args.command](args)
