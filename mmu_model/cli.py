@@ -74,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     rev.add_argument("--json", action="store_true")
     rev.add_argument("--variants", action="append", default=[], metavar="FILE.py")
     sub.add_parser("quiz", help="seeded questions: -s SEED [-n N] [-c] [--key] (see quiz -h)")
+    from .probe.cli import add_parser as add_probe_parser
+    add_probe_parser(sub)
     eras = sub.add_parser("eras", help="list the eras: name, kernel range, what defines them")
     eras.add_argument("-v", "--verbose", action="store_true", help="also list each source in full")
     return p
@@ -211,6 +213,11 @@ def cmd_eras(args) -> int:
     return 0
 
 
+def cmd_probe(args) -> int:
+    from .probe.cli import main as probe_main
+    return probe_main(args)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["quiz"]:                 # the quiz has its own OSTEP-style flags
@@ -218,4 +225,4 @@ def main(argv=None) -> int:
         return quiz_main(argv[1:])
     args = _parser().parse_args(argv)
     return {"run": cmd_run, "compare": cmd_compare, "check": cmd_check, "ablate": cmd_ablate,
-            "review": cmd_review, "eras": cmd_eras}[args.command](args)
+            "review": cmd_review, "eras": cmd_eras, "probe": cmd_probe}[args.command](args)

@@ -175,7 +175,8 @@ class KvmUnavailable(Exception):
 class Kvm:
     """An open /dev/kvm."""
 
-    def __init__(self, path: str = DEV_KVM):
+    def __init__(self, path: str | None = None):
+        path = path or DEV_KVM
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:

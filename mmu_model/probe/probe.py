@@ -11,15 +11,15 @@ detected backend makes observable:
 ``new_roots``  VM ``mmu_cache_miss`` (kvm_mmu_find_shadow_page() found no
                page), vs the model's ``counts.allocated``; only where every
                shadow-page lookup is a root's, i.e. shadow paging with the
-               guest emulated (no shadow page faults), or with ``--trace``;
+               guest emulated (no shadow page faults);
 ``tlb_flush``  vCPU ``tlb_flush`` (kvm_vcpu_flush_tlb_all/_guest/_current,
                the request-driven flushes), vs those calls in the model's step;
 ``zapped``     VM ``mmu_shadow_zapped``, vs the model's ``destroyed``
                (shadow paging only);
 ``cr0 cr3 cr4 efer``  KVM_GET_SREGS after the step, vs the model's registers;
-``root_source``  with ``--trace`` only: kvm_mmu_get_page for a root, created
-               ("new") or found ("hash"), or no lookup ("neither": a
-               prev_roots hit or the same root), vs the model's root_source.
+``root_source``  the model's root_source as new / hash / neither: never
+               observable through stats (a hash hit and a cache hit both
+               leave mmu_cache_miss unchanged); reported as not observable.
 
 Anything else (exits, prev_roots, frees) is "not observable here".
 """
@@ -59,6 +59,22 @@ EFER_NX = 1 << 11
 class CannotRun(Exception):
     """A scenario (or machine) the probe cannot run: one line, exit 2."""
 
+    @property
+    def kind(self) -> str:
+        """A short label for tables: which of the probe's limits this is."""
+        msg = str(self)
+        for needle, label in REFUSAL_KINDS:
+            if needle in msg:
+                return label
+        return "other"
+
+
+REFUSAL_KINDS = (("refuses", "KVM refuses a CR4/EFER bit"), ("start:", "not a long-mode start"),
+                 ("nested", "nested ops"), ("SMM", "SMM"), ("INVPCID", "INVPCID"),
+                 ("INIT", "INIT"), ("access, write_pte", "checker ops (access, write_pte)"),
+                 ("leaves 64-bit mode", "leaves 64-bit mode"), ("CR3", "CR3 frame"),
+                 ("vCPUs", "too many vCPUs"))
+
 
 @dataclass
 class Backend:
@@ -82,19 +98,18 @@ class Backend:
         # SVM agree on every field the probe compares (tests/test_probe.py).
         return "svm" if self.vendor == "svm" else "vmx"
 
-    def observable(self, traced: bool) -> dict:
+    def observable(self) -> dict:
         """field -> None (compared) or why it is not observable here."""
         out = {f: None for f in FIELDS}
-        if not traced:
-            out["root_source"] = "needs --trace (kvm_mmu_get_page tracepoint)"
+        out["root_source"] = ("a hash hit and a prev_roots hit both leave mmu_cache_miss "
+                              "unchanged; only a tracepoint (kvm_mmu_get_page) tells them "
+                              "apart, and the probe reads stats only")
         if self.tdp:
             out["new_roots"] = "TDP roots are not looked up in the shadow-page hash"
             out["zapped"] = "TDP roots are not shadow pages"
-            if self.tdp_mmu:
-                out["root_source"] = "the TDP MMU's roots have no tracepoint"
-        elif not self.emulated and not traced:
+        elif not self.emulated:
             out["new_roots"] = ("mmu_cache_miss also counts the shadow pages of guest page "
-                                "faults when the guest runs natively; use --trace")
+                                "faults when the guest runs natively")
         return out
 
     def to_json(self) -> dict:
@@ -261,7 +276,7 @@ def predicted(step: dict) -> dict:
             "new_roots": step["counts"]["allocated"],
             "tlb_flush": sum(c in FLUSH_CALLS for c in step["calls"]),
             "zapped": len(step["destroyed"]),
-            **{k: int(regs[k], 16) for k in REGISTERS},
+            **{k: regs[k] for k in REGISTERS},
             "root_source": "new" if src == "new" else "hash" if src == "hash" else "neither"}
 
 
@@ -399,7 +414,7 @@ def observe(scenario, resolved, backend: Backend, kvm: api.Kvm, cpuid) -> dict:
                           "new_roots": after["mmu_cache_miss"] - before["mmu_cache_miss"],
                           "tlb_flush": after["tlb_flush"] - before["tlb_flush"],
                           "zapped": after["mmu_shadow_zapped"] - before["mmu_shadow_zapped"],
-                          **{r: getattr(sregs, r) for r in REGISTERS}})
+                          **{r: hex(getattr(sregs, r)) for r in REGISTERS}})
         if died is None:
             for k, v in enumerate(vm.vcpus):
                 try:
@@ -429,7 +444,7 @@ def compare_step(obs: dict | None, pred: dict, observable: dict) -> dict:
     return out
 
 
-def probe(scenario, era: str | None = None, kvm: api.Kvm | None = None, trace: bool = False) -> dict:
+def probe(scenario, era: str | None = None, kvm: api.Kvm | None = None) -> dict:
     """Probe one parsed scenario.  Raises CannotRun (exit 2) or
     api.KvmUnavailable; returns the probe document (see docs/probe.md)."""
     own = kvm is None
@@ -457,7 +472,7 @@ def probe(scenario, era: str | None = None, kvm: api.Kvm | None = None, trace: b
     finally:
         if own:
             kvm.close()
-    observable = backend.observable(trace)
+    observable = backend.observable()
     steps, agree_all = [], True
     for i, (ev, st) in enumerate(zip(resolved, doc["steps"])):
         obs = seen["steps"][i] if i < len(seen["steps"]) else None
@@ -477,7 +492,7 @@ def probe(scenario, era: str | None = None, kvm: api.Kvm | None = None, trace: b
     n = len(seen["steps"])
     return {"contract": CONTRACT, "probe": scenario.name, "era": era_name,
             "mode": backend.mode, "vendor": backend.model_vendor, "backend": backend.to_json(),
-            "observed_through": "tracepoints+stats" if trace else "stats",
+            "observed_through": "stats",
             "not_observable": {**{f: w for f, w in observable.items() if w},
                                **NOT_OBSERVABLE_ALWAYS},
             "steps": steps, "died": died,
@@ -486,3 +501,43 @@ def probe(scenario, era: str | None = None, kvm: api.Kvm | None = None, trace: b
                        "disagree": sum(s["verdict"] == "disagree" for s in steps),
                        "kvm_seconds": seen["kvm_seconds"], "model_seconds": model_seconds},
             "agree": agree_all}
+
+
+# ---------------------------------------------------------------------------
+# Seeded random guest programs: register writes and INVLPG
+
+RANDOM_CR3 = (0x1000, 0x2000, 0x3000, 0x4000, 0x5000)
+RANDOM_TOGGLES = (("mov_cr0", "WP"), ("mov_cr4", "PGE"), ("mov_cr4", "SMEP"),
+                  ("mov_cr4", "SMAP"), ("wrmsr_efer", "NX"), ("wrmsr_efer", "SCE"))
+RANDOM_INVLPG = (0x200000, 0x7f0000001000, 0x800000000000, 0xffffffff81000000)
+
+
+def random_scenario(rng, index: int, length: int = 12, vcpus: int = 1, toggles=RANDOM_TOGGLES):
+    """One seeded program from a random.Random: MOV CR3 among five address
+    spaces, bit toggles of CR0/CR4/EFER (each a legal write from long mode),
+    and INVLPG of mapped, unmapped and non-canonical addresses."""
+    from mmu_model import parse_scenario
+    events = []
+    on = {}
+    for _ in range(length):
+        r = rng.random()
+        vcpu = rng.randrange(vcpus)
+        if r < 0.4:
+            events.append({"op": "mov_cr3", "value": hex(rng.choice(RANDOM_CR3)), "vcpu": vcpu})
+        elif r < 0.85:
+            op, bit = rng.choice(toggles)
+            key = (vcpu, op, bit)
+            start_on = bit in ("WP", "PGE", "NX", "SCE")
+            state = on.get(key, start_on)
+            events.append({"op": op, ("clear" if state else "set"): [bit], "vcpu": vcpu})
+            on[key] = not state
+        else:
+            events.append({"op": "invlpg", "addr": hex(rng.choice(RANDOM_INVLPG)), "vcpu": vcpu})
+    return parse_scenario({"name": f"random-{index}", "vcpus": vcpus, "start": "long-mode",
+                           "events": events})
+
+
+def random_scenarios(seed: int, n: int, length: int = 12):
+    import random
+    rng = random.Random(seed)
+    return [random_scenario(rng, i, length, vcpus=1 + (i % 4 == 3)) for i in range(n)]

@@ -1,0 +1,83 @@
+"""``python -m mmu_model probe SCENARIO.json [--era E] [--json]``.
+
+Exit status: 0 when every observable step agrees with the model, 1 when any
+disagrees (or the guest dies in a way no prediction covers), 2 when the
+scenario cannot be probed here or /dev/kvm cannot be used (one line on
+stderr, stdout empty).
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from mmu_model import ScenarioError, load_scenario
+
+from . import kvm_api
+from .probe import FIELDS, CannotRun, probe
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("probe", help="run a scenario as a guest on /dev/kvm and compare "
+                                            "each step with the model (docs/probe.md)")
+    p.add_argument("scenario", help="a scenario JSON file (see docs/contract.md)")
+    p.add_argument("--era", help="the era to predict with (default: the one covering this "
+                                 "kernel, from uname -r)")
+    p.add_argument("--json", action="store_true", help="print the probe document as JSON")
+    return p
+
+
+def _short(v):
+    return "-" if v is None else str(v)
+
+
+def render(doc: dict) -> str:
+    b = doc["backend"]
+    lines = [f"probe: {doc['probe']}   era: {doc['era']}   model: {doc['mode']}/{doc['vendor']}",
+             f"kernel {b['kernel']}: backend {b['vendor']}, "
+             f"{'TDP on' if b['tdp'] else 'TDP off (shadow MMU)'}"
+             f", guest {'emulated' if b['emulated_guest'] else 'run natively'}"
+             f"; observed through {doc['observed_through']}", ""]
+    cols = ("fault", "new_roots", "tlb_flush", "zapped")
+    lines.append("#  cpu  op          observed (fault new flush zap)   model            verdict")
+    for s in doc["steps"]:
+        obs = s["observed"]
+        o = " ".join(_short(obs.get(c)) if obs else "." for c in cols)
+        m = " ".join(_short(s["predicted"][c]) for c in cols)
+        bad = [f for f, v in s["fields"].items() if v == "disagree"]
+        verdict = s["verdict"] or "not run"
+        if bad:
+            verdict += " on " + ", ".join(bad)
+        lines.append(f"{s['index']:<2} {s['vcpu']:<4} {s['op']:<11} {o:<32} {m:<16} {verdict}")
+        if bad:
+            for f in bad:
+                lines.append(f"      {f}: kernel {_short(obs.get(f))}, model {_short(s['predicted'][f])}")
+    if doc["died"]:
+        d = doc["died"]
+        lines.append(f"\nthe guest died at step {d['step']} (vCPU {d['vcpu']}): KVM_EXIT_{d['exit']}"
+                     + (f" {d['detail']}" if d["detail"] else ""))
+    lines.append("\ncompared: " + ", ".join(f for f in FIELDS if f not in doc["not_observable"]))
+    lines.append("not observable here:")
+    lines += [f"  {f}: {why}" for f, why in doc["not_observable"].items()]
+    t = doc["totals"]
+    lines.append(f"\n{t['agree']} of {t['steps']} steps agree, {t['disagree']} disagree"
+                 + (f", {t['steps'] - t['run']} not run" if t["run"] < t["steps"] else ""))
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    try:
+        scenario = load_scenario(args.scenario)
+    except ScenarioError as err:
+        print(f"{args.scenario}: {err}", file=sys.stderr)
+        return 2
+    try:
+        doc = probe(scenario, era=args.era)
+    except (CannotRun, kvm_api.KvmUnavailable) as err:
+        print(f"{args.scenario}: cannot probe: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"{args.scenario}: cannot probe: a KVM ioctl failed: {err.strerror or err}",
+              file=sys.stderr)
+        return 2
+    print(json.dumps(doc, indent=2) if args.json else render(doc))
+    return 0 if doc["agree"] else 1
