@@ -18,6 +18,7 @@ from mmu_model.probe import kvm_api as api
 from mmu_model.probe import probe as P
 from mmu_model.probe import program
 from mmu_model.probe.stats import StatsReader, parse_data, parse_descriptors, parse_header
+from mmu_model.probe.trace import TraceSession, TraceUnavailable, parse_get_page, tracefs_mounts
 
 LIBRARY = sorted(p.relative_to(ROOT / "scenarios").as_posix()
                  for p in (ROOT / "scenarios").rglob("*.json"))
@@ -56,14 +57,20 @@ def nothing_left_behind():
 
 
 def _tracing_state():
-    for base in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
-        try:
-            with open(f"{base}/tracing_on") as f, open(f"{base}/set_event") as g:
-                return base, f.read(), g.read()
-        except OSError:
-            continue
-    with open("/proc/self/mounts") as f:
-        return [line for line in f if "tracefs" in line]
+    """Every tracefs mount, and in each: tracing_on, the enabled events, the instances."""
+    state = []
+    for base in tracefs_mounts():
+        item = [base]
+        for rel in ("tracing_on", "set_event", "set_event_pid"):
+            try:
+                with open(f"{base}/{rel}") as f:
+                    item.append(f.read())
+            except OSError:
+                item.append(None)
+        item.append(sorted(os.listdir(f"{base}/instances")) if os.path.isdir(f"{base}/instances")
+                    else None)
+        state.append(item)
+    return state
 
 
 def _children():
@@ -212,6 +219,17 @@ def test_stats_parsing():
             assert r.id == "kvm-1/vcpu-0" and r.read()["exits"] == 99
         finally:
             r.close()
+
+
+def test_get_page_lines():
+    text = ("# tracer: nop\n"
+            "  python-3229 [001] ...1.  1452.33: kvm_mmu_get_page: sp gen 0 gfn 1 l4 8-byte q0 "
+            "wux nxe ad root 0 sync new\n"
+            "  python-3229 [001] ...1.  1452.34: kvm_mmu_get_page: sp gen 0 gfn 2a l1 8-byte q0 "
+            "direct wux nxe ad root 0 sync existing\n"
+            "  python-3229 [001] ...1.  1452.35: kvm_mmu_prepare_zap_page: sp gen 0 gfn 3 l4\n")
+    assert parse_get_page(text) == [(1, 4, True), (0x2a, 1, False)]
+    assert P._root_lookups(text, cr4=0x6a0) == [True]
 
 
 def test_truncated_stats_are_an_error():
@@ -409,6 +427,52 @@ def test_cli_end_to_end(kvm):
     r = subprocess.run([sys.executable, "-m", "mmu_model", "probe", "scenarios/smi-rsm.json"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1
+
+
+@pytest.fixture
+def tracer(kvm):
+    if os.geteuid() != 0:
+        pytest.skip("--trace needs root (tracefs); CI observes through stats only")
+    try:
+        t = TraceSession().__enter__()
+    except TraceUnavailable as err:
+        pytest.skip(f"no tracefs here: {err}")
+    yield t
+    t.close()
+
+
+def test_traced_runs_agree_on_where_each_root_came_from(kvm, tracer):
+    """With the kvm_mmu_get_page tracepoint, "hash" and "neither" (a prev_roots
+    hit or the same root) come apart: every library scenario the probe runs and
+    200 random programs agree on it too, and all three sources occur."""
+    seen = {}
+    scs = []
+    for name in LIBRARY:
+        sc = load_scenario(ROOT / "scenarios" / name)
+        try:
+            P.probe(sc, kvm=kvm)
+        except P.CannotRun:
+            continue
+        scs.append(sc)
+    for sc in scs + P.random_scenarios(17, 200):
+        doc = P.probe(sc, kvm=kvm, tracer=tracer)
+        assert doc["agree"], [s for s in doc["steps"] if s["verdict"] != "agree"][:1]
+        for s in doc["steps"]:
+            assert s["fields"]["root_source"] == "agree"
+            seen[s["observed"]["root_source"]] = seen.get(s["observed"]["root_source"], 0) + 1
+    assert set(seen) == {"new", "hash", "neither"} and min(seen.values()) > 50
+
+
+def test_trace_leaves_tracing_as_found(kvm):
+    if os.geteuid() != 0:
+        pytest.skip("--trace needs root (tracefs)")
+    before = _tracing_state()
+    try:
+        doc = P.probe(load_scenario(ROOT / "scenarios" / "cr0-wp-toggle.json"), kvm=kvm, trace=True)
+    except TraceUnavailable as err:
+        pytest.skip(f"no tracefs here: {err}")
+    assert [s["observed"]["root_source"] for s in doc["steps"]] == ["new", "hash"]
+    assert _tracing_state() == before      # no mount, instance or event left
 
 
 def test_random_programs_are_seeded():

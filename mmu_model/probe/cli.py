@@ -14,6 +14,7 @@ from mmu_model import ScenarioError, load_scenario
 
 from . import kvm_api
 from .probe import FIELDS, CannotRun, probe
+from .trace import TraceUnavailable
 
 
 def add_parser(subparsers):
@@ -23,6 +24,9 @@ def add_parser(subparsers):
     p.add_argument("--era", help="the era to predict with (default: the one covering this "
                                  "kernel, from uname -r)")
     p.add_argument("--json", action="store_true", help="print the probe document as JSON")
+    p.add_argument("--trace", action="store_true",
+                   help="also read the kvmmmu tracepoints (needs root; a private tracing "
+                        "instance, removed afterwards): compares where each root came from")
     return p
 
 
@@ -38,7 +42,13 @@ def render(doc: dict) -> str:
              f", guest {'emulated' if b['emulated_guest'] else 'run natively'}"
              f"; observed through {doc['observed_through']}", ""]
     cols = ("fault", "new_roots", "tlb_flush", "zapped")
-    lines.append("#  cpu  op          observed (fault new flush zap)   model            verdict")
+    head = "fault new flush zap"
+    if doc["observed_through"] != "stats":
+        cols += ("root_source",)
+        head += " root"
+    width = 32 if len(cols) == 4 else 40
+    lines.append(f"#  cpu  op          {'observed (' + head + ')':<{width}} "
+                 f"{'model':<{width - 16}} verdict")
     for s in doc["steps"]:
         obs = s["observed"]
         o = " ".join(_short(obs.get(c)) if obs else "." for c in cols)
@@ -47,7 +57,8 @@ def render(doc: dict) -> str:
         verdict = s["verdict"] or "not run"
         if bad:
             verdict += " on " + ", ".join(bad)
-        lines.append(f"{s['index']:<2} {s['vcpu']:<4} {s['op']:<11} {o:<32} {m:<16} {verdict}")
+        lines.append(f"{s['index']:<2} {s['vcpu']:<4} {s['op']:<11} {o:<{width}} "
+                     f"{m:<{width - 16}} {verdict}")
         if bad:
             for f in bad:
                 lines.append(f"      {f}: kernel {_short(obs.get(f))}, model {_short(s['predicted'][f])}")
@@ -71,8 +82,8 @@ def main(args) -> int:
         print(f"{args.scenario}: {err}", file=sys.stderr)
         return 2
     try:
-        doc = probe(scenario, era=args.era)
-    except (CannotRun, kvm_api.KvmUnavailable) as err:
+        doc = probe(scenario, era=args.era, trace=args.trace)
+    except (CannotRun, kvm_api.KvmUnavailable, TraceUnavailable) as err:
         print(f"{args.scenario}: cannot probe: {err}", file=sys.stderr)
         return 2
     except OSError as err:

@@ -11,15 +11,18 @@ detected backend makes observable:
 ``new_roots``  VM ``mmu_cache_miss`` (kvm_mmu_find_shadow_page() found no
                page), vs the model's ``counts.allocated``; only where every
                shadow-page lookup is a root's, i.e. shadow paging with the
-               guest emulated (no shadow page faults);
+               guest emulated (no shadow page faults); with ``--trace``
+               the created root-level kvm_mmu_get_page events instead;
 ``tlb_flush``  vCPU ``tlb_flush`` (kvm_vcpu_flush_tlb_all/_guest/_current,
                the request-driven flushes), vs those calls in the model's step;
 ``zapped``     VM ``mmu_shadow_zapped``, vs the model's ``destroyed``
                (shadow paging only);
 ``cr0 cr3 cr4 efer``  KVM_GET_SREGS after the step, vs the model's registers;
-``root_source``  the model's root_source as new / hash / neither: never
-               observable through stats (a hash hit and a cache hit both
-               leave mmu_cache_miss unchanged); reported as not observable.
+``root_source``  with ``--trace`` (root): the root-level kvm_mmu_get_page
+               events of the step, created ("new") or found ("hash"), or none
+               ("neither": a prev_roots hit or the same root), vs the model's
+               root_source; through stats alone a hash hit and a cache hit
+               look the same (mmu_cache_miss +0).
 
 Anything else (exits, prev_roots, frees) is "not observable here".
 """
@@ -98,18 +101,20 @@ class Backend:
         # SVM agree on every field the probe compares (tests/test_probe.py).
         return "svm" if self.vendor == "svm" else "vmx"
 
-    def observable(self) -> dict:
+    def observable(self, traced: bool = False) -> dict:
         """field -> None (compared) or why it is not observable here."""
         out = {f: None for f in FIELDS}
-        out["root_source"] = ("a hash hit and a prev_roots hit both leave mmu_cache_miss "
-                              "unchanged; only a tracepoint (kvm_mmu_get_page) tells them "
-                              "apart, and the probe reads stats only")
+        if not traced:
+            out["root_source"] = ("a hash hit and a prev_roots hit both leave mmu_cache_miss "
+                                  "unchanged; only the kvm_mmu_get_page tracepoint tells "
+                                  "them apart (--trace, root)")
         if self.tdp:
             out["new_roots"] = "TDP roots are not looked up in the shadow-page hash"
             out["zapped"] = "TDP roots are not shadow pages"
-        elif not self.emulated:
+            out["root_source"] = "TDP roots (shared, preserved) have no tracepoint of their own"
+        elif not self.emulated and not traced:
             out["new_roots"] = ("mmu_cache_miss also counts the shadow pages of guest page "
-                                "faults when the guest runs natively")
+                                "faults when the guest runs natively (--trace counts roots)")
         return out
 
     def to_json(self) -> dict:
@@ -363,7 +368,14 @@ def _host_event(vcpu: api.Vcpu, ev: dict) -> str | None:
     return None
 
 
-def observe(scenario, resolved, backend: Backend, kvm: api.Kvm, cpuid) -> dict:
+def _root_lookups(text: str, cr4: int) -> list[bool]:
+    """created? for each root-level kvm_mmu_get_page in a step's trace."""
+    from .trace import parse_get_page
+    level = 5 if cr4 >> 12 & 1 else 4          # CR4.LA57
+    return [created for _, lvl, created in parse_get_page(text) if lvl == level]
+
+
+def observe(scenario, resolved, backend: Backend, kvm: api.Kvm, cpuid, tracer=None) -> dict:
     """Run the scenario's program on a fresh VM; per step what the kernel did."""
     programs, _ = program.build(resolved, scenario.start, scenario.vcpus)
     frames = {guest.cr3_frame(scenario.start["cr3"])}
@@ -393,6 +405,8 @@ def observe(scenario, resolved, backend: Backend, kvm: api.Kvm, cpuid) -> dict:
                 raise CannotRun(f"vCPU {k} died during bring-up: {d.exit_name} {d.detail}".strip())
             emul += _snapshot(sess, k)["insn_emulation"] - before["insn_emulation"]
         backend.emulated = emul > 0
+        if tracer is not None:
+            tracer.take()                           # bring-up's lookups are not a step
         for i, ev in enumerate(resolved):
             k = ev.get("vcpu", 0)
             v = vm.vcpus[k]
@@ -410,11 +424,17 @@ def observe(scenario, resolved, backend: Backend, kvm: api.Kvm, cpuid) -> dict:
                 break
             after = _snapshot(sess, k)
             sregs = v.get_sregs()
-            steps.append({"fault": host["fault"],
-                          "new_roots": after["mmu_cache_miss"] - before["mmu_cache_miss"],
-                          "tlb_flush": after["tlb_flush"] - before["tlb_flush"],
-                          "zapped": after["mmu_shadow_zapped"] - before["mmu_shadow_zapped"],
-                          **{r: hex(getattr(sregs, r)) for r in REGISTERS}})
+            seen = {"fault": host["fault"],
+                    "new_roots": after["mmu_cache_miss"] - before["mmu_cache_miss"],
+                    "tlb_flush": after["tlb_flush"] - before["tlb_flush"],
+                    "zapped": after["mmu_shadow_zapped"] - before["mmu_shadow_zapped"],
+                    **{r: hex(getattr(sregs, r)) for r in REGISTERS}}
+            if tracer is not None:
+                looked = _root_lookups(tracer.take(), sregs.cr4)
+                seen["root_source"] = ("new" if any(looked) else "hash" if looked else "neither")
+                if not backend.emulated:
+                    seen["new_roots"] = sum(looked)
+            steps.append(seen)
         if died is None:
             for k, v in enumerate(vm.vcpus):
                 try:
@@ -444,9 +464,14 @@ def compare_step(obs: dict | None, pred: dict, observable: dict) -> dict:
     return out
 
 
-def probe(scenario, era: str | None = None, kvm: api.Kvm | None = None) -> dict:
-    """Probe one parsed scenario.  Raises CannotRun (exit 2) or
-    api.KvmUnavailable; returns the probe document (see docs/probe.md)."""
+def probe(scenario, era: str | None = None, kvm: api.Kvm | None = None,
+          trace: bool = False, tracer=None) -> dict:
+    """Probe one parsed scenario.  Raises CannotRun (exit 2),
+    api.KvmUnavailable or trace.TraceUnavailable; returns the probe document
+    (see docs/probe.md).  ``trace``: also read tracepoints in a private
+    tracing instance (mmu_model/probe/trace.py), removed afterwards; or, to
+    probe many scenarios, pass an open ``tracer`` (trace.TraceSession)."""
+    trace = trace or tracer is not None
     own = kvm is None
     kvm = kvm or api.Kvm()
     try:
@@ -468,11 +493,18 @@ def probe(scenario, era: str | None = None, kvm: api.Kvm | None = None) -> dict:
         if why:
             raise CannotRun(why)
         _, resolved = program.build(scenario.events, scenario.start, scenario.vcpus)
-        seen = observe(scenario, resolved, backend, kvm, cpuid)
+        if tracer is not None:
+            seen = observe(scenario, resolved, backend, kvm, cpuid, tracer)
+        elif trace:
+            from .trace import TraceSession
+            with TraceSession() as tracer:
+                seen = observe(scenario, resolved, backend, kvm, cpuid, tracer)
+        else:
+            seen = observe(scenario, resolved, backend, kvm, cpuid)
     finally:
         if own:
             kvm.close()
-    observable = backend.observable()
+    observable = backend.observable(trace)
     steps, agree_all = [], True
     for i, (ev, st) in enumerate(zip(resolved, doc["steps"])):
         obs = seen["steps"][i] if i < len(seen["steps"]) else None
@@ -492,7 +524,7 @@ def probe(scenario, era: str | None = None, kvm: api.Kvm | None = None) -> dict:
     n = len(seen["steps"])
     return {"contract": CONTRACT, "probe": scenario.name, "era": era_name,
             "mode": backend.mode, "vendor": backend.model_vendor, "backend": backend.to_json(),
-            "observed_through": "stats",
+            "observed_through": "stats+tracepoints" if trace else "stats",
             "not_observable": {**{f: w for f, w in observable.items() if w},
                                **NOT_OBSERVABLE_ALWAYS},
             "steps": steps, "died": died,
