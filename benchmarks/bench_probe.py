@@ -3,6 +3,7 @@
 Prints one `name: value unit` line per figure.  Usage:
 
     ./run bench-probe                                   # library + 200 random programs
+    ./run bench-probe --trace                           # + the same programs traced (root)
     .venv/bin/python benchmarks/bench_probe.py --programs 50 --length 12
 
 Figures: library scenarios probed / refused (by reason), steps compared and
@@ -35,13 +36,13 @@ def library():
         sorted((ROOT / "scenarios").rglob("*.json"))
 
 
-def run_set(kvm, scenarios):
+def run_set(kvm, scenarios, tracer=None):
     out = collections.Counter()
     refused = collections.Counter()
     for sc in scenarios:
         try:
             t = time.perf_counter()
-            doc = probe(sc, kvm=kvm)
+            doc = probe(sc, kvm=kvm, tracer=tracer)
             out["wall"] += time.perf_counter() - t
         except CannotRun as err:
             refused[err.kind] += 1
@@ -75,6 +76,9 @@ def main(argv=None) -> int:
     ap.add_argument("--programs", type=int, default=200)
     ap.add_argument("--length", type=int, default=12)
     ap.add_argument("--seed", type=int, default=17)
+    ap.add_argument("--trace", action="store_true",
+                    help="also the random programs with tracepoints (root; one tracing "
+                         "instance for the whole set, removed afterwards)")
     a = ap.parse_args(argv)
     try:
         kvm = kvm_api.Kvm()
@@ -92,6 +96,17 @@ def main(argv=None) -> int:
         rnd, _ = run_set(kvm, random_scenarios(a.seed, a.programs, a.length))
         print(f"random_programs: {a.programs} programs of {a.length} events, seed {a.seed}")
         report("random", rnd)
+        traced = None
+        if a.trace:
+            from mmu_model.probe.trace import TraceSession, TraceUnavailable
+            try:
+                with TraceSession() as tracer:
+                    traced, _ = run_set(kvm, random_scenarios(a.seed, a.programs, a.length), tracer)
+            except TraceUnavailable as err:
+                print(f"traced: skipped ({err})")
+        if traced is not None:
+            report("random_traced", traced)
+            print(f"random_traced_root_source_compared: {traced['steps']} steps")
     finally:
         kvm.close()
     sc = ROOT / "scenarios" / "history" / "grsecurity-wp.json"

@@ -479,3 +479,94 @@ def test_random_programs_are_seeded():
     a = [s.to_json() for s in P.random_scenarios(5, 20)]
     assert a == [s.to_json() for s in P.random_scenarios(5, 20)]
     assert a != [s.to_json() for s in P.random_scenarios(6, 20)]
+
+
+def _backend_here(kvm):
+    return P.detect_backend(kvm)
+
+
+def test_why_each_step_has_a_second_marker(kvm):
+    """Under PVM the guest is emulated in batches: the flush that cr3-no-pcid's
+    second MOV CR3 requests is serviced at the next entry, after the first
+    marker's exit, so counting at the first marker would put it in the next
+    step.  On hardware both markers see it."""
+    from mmu_model.probe import guest
+    from mmu_model.probe.stats import StatsReader as SR
+    sc = load_scenario(ROOT / "scenarios" / "cr3-no-pcid.json")
+    progs, _ = program.build(sc.events, sc.start, 1)
+    vm = api.Vm(kvm, guest.MEM_SIZE)
+    try:
+        guest.write_memory(vm.mem, {0x1000, 0x2000}, progs)
+        v = vm.create_vcpu()
+        v.set_cpuid(kvm.supported_cpuid())
+        v.set_sregs(guest.long_mode_sregs(v.get_sregs(), sc.start))
+        v.set_regs(guest.start_regs(0))
+        stats = SR(v.stats_fd())
+        try:
+            P._run_to(v, program.PORT_END)
+            at = {}
+            for i in range(len(sc.events)):
+                base = stats.read()["tlb_flush"]
+                P._run_to(v, program.PORT_SETTLE)
+                first = stats.read()["tlb_flush"] - base
+                P._run_to(v, program.PORT_END)
+                at[i] = (first, stats.read()["tlb_flush"] - base)
+        finally:
+            stats.close()
+    finally:
+        vm.close()
+    assert all(end == 1 for _, end in at.values())       # one request-driven flush per MOV CR3
+    if _backend_here(kvm).vendor == "pvm":
+        assert at[1] == (0, 1) and at[2] == (0, 1)
+
+
+def test_model_assumption_cs_l_zero_disagrees_with_a_64_bit_guest(kvm, monkeypatch):
+    """docs/probe.md: the model takes CS.L as 0, so clearing CR0.PG in long mode
+    is allowed there; a 64-bit guest gets #GP (SDM: MOV CR0 with PG=0 in
+    64-bit mode).  The probe refuses such scenarios; forced, they disagree."""
+    sc = parse_scenario({"start": "long-mode", "events": [{"op": "mov_cr0", "clear": ["PG"]}]})
+    monkeypatch.setattr(P, "cannot_run", lambda *a, **k: None)
+    doc = P.probe(sc, kvm=kvm)
+    assert doc["died"]["exit"] == "SHUTDOWN" and doc["died"]["step"] == 0
+    assert doc["steps"][0]["predicted"]["fault"] is None
+    assert doc["steps"][0]["fields"]["fault"] == "disagree" and not doc["agree"]
+
+
+def test_this_kernel_accepts_cr4_bits_its_cpuid_lacks(kvm):
+    """docs/probe.md, this kernel's changes: under PVM, CR4.SMEP, SMAP,
+    FSGSBASE and PKE are accepted although KVM_GET_SUPPORTED_CPUID lacks them
+    (upstream makes them reserved then: __kvm_is_valid_cr4()); CR4.PCIDE,
+    LA57 and VMXE are refused."""
+    if _backend_here(kvm).vendor != "pvm":
+        pytest.skip("a PVM kernel's behaviour")
+    cpuid = kvm.supported_cpuid()
+    ents = api.cpuid_entries(cpuid)
+    features = (("ebx", 7), ("ebx", 20), ("ebx", 0), ("ecx", 3))   # SMEP SMAP FSGSBASE PKU
+    if any(P._has(ents, 7, 0, reg, bit) for reg, bit in features):
+        pytest.skip("this kernel's CPUID lists one of SMEP, SMAP, FSGSBASE, PKU")
+    bits = 1 << 20 | 1 << 21 | 1 << 16 | 1 << 22 | 1 << 12 | 1 << 13 | 1 << 17
+    assert P.refused_bits(kvm, cpuid, LM, bits, 0) == ["CR4.LA57", "CR4.VMXE", "CR4.PCIDE"]
+
+
+def test_docs_table_is_this_machine(kvm):
+    """docs/probe.md lists what the probe does with each library scenario on a
+    PVM 6.18 host; on such a host, the table is what happens."""
+    b = _backend_here(kvm)
+    if b.vendor != "pvm" or P.era_for_kernel(b.kernel) != "v6.18":
+        pytest.skip("the table is for a PVM host running a 6.6-6.18 kernel")
+    text = (ROOT / "docs" / "probe.md").read_text()
+    table = text.split("<!-- probe-table -->")[1].split("<!-- /probe-table -->")[0]
+    rows = {}
+    for line in table.strip().splitlines()[2:]:
+        name, here = [c.strip() for c in line.strip("|").split("|")]
+        rows[name.strip("`")] = here
+    got = {}
+    for name in LIBRARY:
+        sc = load_scenario(ROOT / "scenarios" / name)
+        try:
+            doc = P.probe(sc, kvm=kvm)
+            t = doc["totals"]
+            got[name[:-5]] = f"runs: {t['agree']} of {t['steps']} steps agree"
+        except P.CannotRun as err:
+            got[name[:-5]] = f"refused: {err.kind}"
+    assert rows == got

@@ -186,6 +186,7 @@ class Kvm:
                                  "as a user who may open it)") from None
         except OSError as err:
             raise KvmUnavailable(f"{path}: {err.strerror}") from None
+        self.cache: dict = {}              # answers that never change for this KVM
         version = fcntl.ioctl(self.fd, KVM_GET_API_VERSION)
         if version != KVM_API_VERSION:
             self.close()

@@ -194,8 +194,16 @@ def refused_bits(kvm: api.Kvm, cpuid, start: dict, cr4_bits: int, efer_bits: int
     KVM_SET_SREGS on a scratch vCPU runs the same validity checks
     (kvm_is_valid_sregs() -> kvm_is_valid_cr4(), kvm_valid_efer()) as the
     guest's MOV CR4 / WRMSR.  The supported CPUID is not the whole story:
-    this PVM kernel accepts CR4.SMEP, SMAP, FSGSBASE, PKE and UMIP although
-    its KVM_GET_SUPPORTED_CPUID lists none of them (docs/probe.md)."""
+    this PVM kernel accepts CR4.SMEP, SMAP, FSGSBASE and PKE although its
+    KVM_GET_SUPPORTED_CPUID lists none of them (docs/probe.md).
+    Answers are kept in ``kvm.cache``."""
+    key = ("refused", start["cr4"] & ~(1 << 17), start["efer"], cr4_bits, efer_bits)
+    if key not in kvm.cache:
+        kvm.cache[key] = _refused_bits(kvm, cpuid, start, cr4_bits, efer_bits)
+    return kvm.cache[key]
+
+
+def _refused_bits(kvm, cpuid, start, cr4_bits, efer_bits):
     vm = api.Vm(kvm, guest.MEM_SIZE)
     try:
         v = vm.create_vcpu()
