@@ -369,17 +369,22 @@ def test_library_scenario_agrees_step_by_step(name, kvm):
 def test_two_hundred_random_programs_agree(kvm):
     scs = P.random_scenarios(17, 200)
     totals = {"new": 0, "flush": 0, "steps": 0, "multi": 0}
+    observable = None
     for sc in scs:
         doc = P.probe(sc, kvm=kvm)
         bad = [s for s in doc["steps"] if s["verdict"] != "agree"]
         assert not bad and doc["died"] is None, (sc.to_json(), bad[:1])
+        observable = doc["not_observable"]
         totals["steps"] += len(doc["steps"])
-        totals["new"] += sum(s["observed"]["new_roots"] for s in doc["steps"])
+        totals["new"] += sum(s["observed"]["new_roots"] for s in doc["steps"]
+                             if s["fields"]["new_roots"] == "agree")
         totals["flush"] += sum(s["observed"]["tlb_flush"] for s in doc["steps"])
         totals["multi"] += sc.vcpus > 1
-    # not vacuous: roots were built, flushes counted, two-vCPU programs ran
-    assert totals["steps"] == 2400 and totals["new"] > 100 and totals["flush"] > 300
-    assert totals["multi"] == 50
+    # not vacuous: roots were built (where that is observable), flushes counted,
+    # two-vCPU programs ran
+    assert totals["steps"] == 2400 and totals["flush"] > 300 and totals["multi"] == 50
+    if "new_roots" not in observable:
+        assert totals["new"] > 100
 
 
 @pytest.mark.parametrize("name, era, step, field", [

@@ -273,9 +273,14 @@ class Vcpu:
         self.run_struct = kvm_run.from_buffer(self.run_map)
 
     def run(self) -> int:
-        """KVM_RUN once; the exit reason."""
-        fcntl.ioctl(self.fd, KVM_RUN, 0)
-        return self.run_struct.exit_reason
+        """KVM_RUN once; the exit reason.  A signal that interrupts KVM_RUN
+        (EINTR) only means: run again."""
+        while True:
+            try:
+                fcntl.ioctl(self.fd, KVM_RUN, 0)
+                return self.run_struct.exit_reason
+            except InterruptedError:
+                continue
 
     def get_regs(self) -> kvm_regs:
         r = kvm_regs()

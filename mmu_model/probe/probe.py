@@ -285,7 +285,7 @@ def predicted(step: dict) -> dict:
     """The model's step, in the probe's fields."""
     regs = step["registers"]
     src = step["root_source"]
-    return {"fault": _fault_kind(step["op"], step["fault"], step),
+    return {"fault": _fault_kind(step["fault"]),
             "new_roots": step["counts"]["allocated"],
             "tlb_flush": sum(c in FLUSH_CALLS for c in step["calls"]),
             "zapped": len(step["destroyed"]),
@@ -293,7 +293,7 @@ def predicted(step: dict) -> dict:
             "root_source": "new" if src == "new" else "hash" if src == "hash" else "neither"}
 
 
-def _fault_kind(op, fault, step) -> str | None:
+def _fault_kind(fault) -> str | None:
     if fault is None:
         return None
     if fault == "EINVAL":
@@ -500,7 +500,10 @@ def probe(scenario, era: str | None = None, kvm: api.Kvm | None = None,
                          lambda c, e: refused_bits(kvm, cpuid, scenario.start, c, e))
         if why:
             raise CannotRun(why)
-        _, resolved = program.build(scenario.events, scenario.start, scenario.vcpus)
+        programs, resolved = program.build(scenario.events, scenario.start, scenario.vcpus)
+        if max(map(len, programs)) > guest.CODE_SIZE:
+            raise CannotRun(f"{len(scenario.events)} events: a vCPU's program would exceed "
+                            f"the guest's {guest.CODE_SIZE // 1024} KiB code slot")
         if tracer is not None:
             seen = observe(scenario, resolved, backend, kvm, cpuid, tracer)
         elif trace:
