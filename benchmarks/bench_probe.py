@@ -69,6 +69,9 @@ def report(prefix, out):
     print(f"{prefix}_kernel_time_per_step: {1e6 * out['kvm'] / steps:,.1f} us")
     print(f"{prefix}_end_to_end_time_per_step: {1e6 * out['wall'] / steps:,.1f} us")
     print(f"{prefix}_model_time_per_step: {1e6 * out['model'] / steps:,.1f} us")
+    rest = out["wall"] - out["kvm"] - out["model"]
+    print(f"{prefix}_other_time_per_scenario: {1e3 * rest / max(out['probed'], 1):,.1f} ms "
+          "(VM and vCPU creation and teardown, stats fds, comparison)")
 
 
 def main(argv=None) -> int:

@@ -575,3 +575,17 @@ def test_docs_table_is_this_machine(kvm):
         except P.CannotRun as err:
             got[name[:-5]] = f"refused: {err.kind}"
     assert rows == got
+
+
+def test_stats_read_by_name():
+    blob = _stats_blob(["tlb_flush", "exits"], [3, 99])
+    with tempfile.TemporaryFile() as f:
+        f.write(blob)
+        f.flush()
+        r = StatsReader(os.dup(f.fileno()))
+        try:
+            assert r.read(["exits"]) == {"exits": 99}
+            with pytest.raises(KeyError, match="no stat mmu_cache_miss"):
+                r.read(["mmu_cache_miss"])
+        finally:
+            r.close()

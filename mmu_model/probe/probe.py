@@ -321,9 +321,13 @@ class Session:
             self.vm = None
 
 
+VM_STATS = ("mmu_cache_miss", "mmu_shadow_zapped")
+VCPU_STATS = ("tlb_flush", "insn_emulation")
+
+
 def _snapshot(sess: Session, k: int) -> dict:
-    vm = sess.vm_stats.read()
-    vc = sess.vcpu_stats[k].read()
+    vm = sess.vm_stats.read(VM_STATS)
+    vc = sess.vcpu_stats[k].read(VCPU_STATS)
     return {"mmu_cache_miss": vm["mmu_cache_miss"], "mmu_shadow_zapped": vm["mmu_shadow_zapped"],
             "tlb_flush": vc["tlb_flush"], "insn_emulation": vc["insn_emulation"]}
 
@@ -495,7 +499,7 @@ def probe(scenario, era: str | None = None, kvm: api.Kvm | None = None,
         except ScenarioError as err:
             raise CannotRun(str(err)) from None
         model_seconds = time.perf_counter() - t
-        cpuid = kvm.supported_cpuid()
+        cpuid = kvm.cache.get("cpuid") or kvm.cache.setdefault("cpuid", kvm.supported_cpuid())
         why = cannot_run(scenario, doc, backend, api.cpuid_entries(cpuid),
                          lambda c, e: refused_bits(kvm, cpuid, scenario.start, c, e))
         if why:
