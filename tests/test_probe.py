@@ -589,3 +589,43 @@ def test_stats_read_by_name():
                 r.read(["mmu_cache_miss"])
         finally:
             r.close()
+
+
+VARIANT = '''
+from mmu_model import get_era, register_era
+try:
+    from mmu_model.requests import KVM_REQ, kvm_make_request
+except ImportError:                              # after the layer move
+    from mmu_model.kernel.requests import KVM_REQ, kvm_make_request
+
+
+def kvm_post_set_cr4(vcpu, old_cr4, cr4):
+    """A patch that forgets the guest TLB flush on a CR4.PGE toggle."""
+    changed = cr4 ^ old_cr4
+    if changed & vcpu.kvm.era.cr4_role_bits:
+        vcpu.ops.kvm_mmu_reset_context(vcpu)
+    if cr4 & (1 << 20) and not old_cr4 & (1 << 20):
+        kvm_make_request(KVM_REQ.TLB_FLUSH_CURRENT, vcpu)
+
+
+register_era(get_era("v6.18").derive("v6.18~probe-no-pge-flush", "test variant",
+                                     kvm_post_set_cr4=kvm_post_set_cr4))
+'''
+
+
+def test_a_variant_is_probed_against_the_kernel(kvm, tmp_path):
+    """--variants: the model of a patch against the running kernel; this kernel
+    still flushes on CR4.PGE, so the variant disagrees at both toggles."""
+    (tmp_path / "v.py").write_text(VARIANT)
+    r = subprocess.run([sys.executable, "-m", "mmu_model", "probe", "scenarios/cr4-pge-toggle.json",
+                        "--variants", str(tmp_path / "v.py"), "--era", "v6.18~probe-no-pge-flush",
+                        "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stderr
+    doc = json.loads(r.stdout)
+    assert [s["fields"]["tlb_flush"] for s in doc["steps"]] == ["disagree", "disagree"]
+    assert [s["observed"]["tlb_flush"] for s in doc["steps"]] == [1, 1]
+    bad = tmp_path / "bad.py"
+    bad.write_text("raise RuntimeError('oops')")
+    r = subprocess.run([sys.executable, "-m", "mmu_model", "probe", "scenarios/cr4-pge-toggle.json",
+                        "--variants", str(bad)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stdout == "" and "RuntimeError: oops" in r.stderr

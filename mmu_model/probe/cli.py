@@ -23,6 +23,9 @@ def add_parser(subparsers):
     p.add_argument("scenario", help="a scenario JSON file (see docs/contract.md)")
     p.add_argument("--era", help="the era to predict with (default: the one covering this "
                                  "kernel, from uname -r)")
+    p.add_argument("--variants", action="append", default=[], metavar="FILE.py",
+                   help="a Python file that registers variants (README), so --era can name "
+                        "one: the model of a patch, probed against the patched kernel")
     p.add_argument("--json", action="store_true", help="print the probe document as JSON")
     p.add_argument("--trace", action="store_true",
                    help="also read the kvmmmu tracepoints (needs root; a private tracing "
@@ -75,7 +78,21 @@ def render(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def _load_variants(paths) -> str | None:
+    import runpy
+    for path in paths:
+        try:
+            runpy.run_path(path)
+        except Exception as err:        # user code: report it in one line
+            return f"--variants {path}: {type(err).__name__}: {err}"
+    return None
+
+
 def main(args) -> int:
+    err = _load_variants(getattr(args, "variants", []))
+    if err:
+        print(err, file=sys.stderr)
+        return 2
     try:
         scenario = load_scenario(args.scenario)
     except ScenarioError as err:
