@@ -292,7 +292,9 @@ def test_what_each_backend_makes_observable():
     assert "page faults" in native["new_roots"] and native["tlb_flush"] is None
     tdp = _backend(vendor="vmx", tdp=True, tdp_mmu=True, emulated=False).observable()
     assert tdp["new_roots"] and tdp["zapped"] and tdp["cr3"] is None
-    assert _backend(vendor="vmx", tdp=True, tdp_mmu=False).mode == "tdp-legacy"
+    legacy = _backend(vendor="vmx", tdp=True, tdp_mmu=False, emulated=False)
+    assert legacy.mode == "tdp-legacy" and "EPT/NPT faults" in legacy.observable(True)["new_roots"]
+    assert _backend(vendor="svm", emulated=False).observable(True)["new_roots"] is None
 
 
 def test_not_observable_is_never_agreement():

@@ -108,10 +108,15 @@ class Backend:
             out["root_source"] = ("a hash hit and a prev_roots hit both leave mmu_cache_miss "
                                   "unchanged; only the kvm_mmu_get_page tracepoint tells "
                                   "them apart (--trace, root)")
-        if self.tdp:
-            out["new_roots"] = "TDP roots are not looked up in the shadow-page hash"
-            out["zapped"] = "TDP roots are not shadow pages"
-            out["root_source"] = "TDP roots (shared, preserved) have no tracepoint of their own"
+        if self.tdp and self.tdp_mmu:
+            out["new_roots"] = "TDP MMU roots are not looked up in the shadow-page hash"
+            out["zapped"] = "TDP MMU roots are not shadow pages"
+            out["root_source"] = "TDP MMU roots (shared, preserved) have no tracepoint"
+        elif self.tdp:
+            why = ("with TDP the guest runs natively: mmu_cache_miss, mmu_shadow_zapped and "
+                   "kvm_mmu_get_page also count the direct pages of EPT/NPT faults; the probe "
+                   "does not compare them under TDP")
+            out["new_roots"] = out["zapped"] = out["root_source"] = why
         elif not self.emulated and not traced:
             out["new_roots"] = ("mmu_cache_miss also counts the shadow pages of guest page "
                                 "faults when the guest runs natively (--trace counts roots)")
