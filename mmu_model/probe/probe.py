@@ -34,8 +34,9 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from mmu_model import ScenarioError, get_era, run_scenario
-
+from ..eras import all_eras, get_era
+from ..harness.scenario import ScenarioError, parse_scenario
+from ..harness.sim import run_scenario
 from . import guest, program
 from . import kvm_api as api
 from .stats import StatsReader
@@ -162,7 +163,6 @@ def detect_backend(kvm: api.Kvm) -> Backend:
 
 def era_for_kernel(release: str) -> str:
     """The merged era whose kernel range holds ``release`` (``uname -r``)."""
-    from mmu_model import all_eras
     m = re.match(r"(\d+)\.(\d+)", release)
     if not m:
         raise CannotRun(f"kernel {release!r}: cannot read its version; give --era")
@@ -568,7 +568,6 @@ def random_scenario(rng, index: int, length: int = 12, vcpus: int = 1, toggles=R
     """One seeded program from a random.Random: MOV CR3 among five address
     spaces, bit toggles of CR0/CR4/EFER (each a legal write from long mode),
     and INVLPG of mapped, unmapped and non-canonical addresses."""
-    from mmu_model import parse_scenario
     events = []
     on = {}
     for _ in range(length):
