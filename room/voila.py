@@ -1,0 +1,105 @@
+"""Voila's configuration for the classroom server (``./run room``, room/serve.py).
+
+Voila loads this file because room/serve.py passes ``--Voila.config_file_paths=room``
+(the file must be called voila.py).  It adds two things to Voila's own
+mechanisms, and nothing hand-made for the password:
+
+* Admission is Jupyter Server's token (``--token``, the PasswordIdentityProvider
+  Voila uses): the lab's page is ``@tornado.web.authenticated``, so a request
+  without the token is sent to the login page before any kernel is touched.
+* The ceiling is a kernel manager (``VoilaConfiguration.multi_kernel_manager_class``,
+  which Voila wraps with its preheated pool): at most ``RoomKernelManager.max_kernels``
+  kernels exist at once, the pool's included.  Past that, starting one raises
+  HTTP 503, and Voila's error page renders this repo's template
+  room/jupyter/voila/templates/room/503.html ("the room is full").
+"""
+from __future__ import annotations
+
+import asyncio
+
+from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
+from tornado import web
+from traitlets import Int
+
+c = get_config()  # noqa: F821  (traitlets defines it while it loads this file)
+
+
+class RoomKernelManager(AsyncMappingKernelManager):
+    """At most ``max_kernels`` kernels, the preheated pool's included.
+
+    Voila builds its kernel manager as a subclass of this one (the pool lives
+    in that subclass, voila/voila_kernel_manager.py), so every kernel, a
+    student's or the pool's, is started through ``start_kernel`` here:
+
+    * a student arriving when the pool has a kernel takes it (no new kernel);
+    * the pool refills only while a place is free: a refill past the ceiling is
+      dropped from the pool, so no student ever waits on a kernel that cannot
+      start; when a kernel is shut down (the student closed the page, or it was
+      culled) the pool is refilled as far as places allow;
+    * a student arriving with the pool empty and the room full gets HTTP 503,
+      before any kernel is started, from the same request (no waiting).
+    """
+
+    max_kernels = Int(30, config=True,
+                      help="The most kernels that may exist at once, preheated pool included.")
+
+    def __init__(self, **kwargs):
+        self._room_ids: set[str] = set()    # kernels started here and not yet shut down
+        self._room_starting = 0             # starts under way (their ids are not known yet)
+        self._room_closing = False
+        super().__init__(**kwargs)
+
+    def room_count(self) -> int:
+        live = set(self.list_kernel_ids())
+        return len(self._room_ids & live) + self._room_starting
+
+    async def start_kernel(self, *args, **kwargs):
+        # The check and the reservation have no await between them, so two
+        # requests cannot both take the last place.
+        if self._room_closing or self.room_count() >= self.max_kernels:
+            self._drop_from_pool(asyncio.current_task())
+            self.log.warning("room full: %d of %d kernels in use; a new one is refused",
+                             self.room_count(), self.max_kernels)
+            raise web.HTTPError(
+                503, "All %d places are taken.", self.max_kernels, reason="The room is full")
+        self._room_starting += 1
+        try:
+            kernel_id = await super().start_kernel(*args, **kwargs)
+        finally:
+            self._room_starting -= 1
+        self._room_ids.add(kernel_id)
+        return kernel_id
+
+    async def shutdown_kernel(self, kernel_id, *args, **kwargs):
+        try:
+            return await super().shutdown_kernel(kernel_id, *args, **kwargs)
+        finally:
+            self._room_ids.discard(kernel_id)
+            self._refill()
+
+    async def shutdown_all(self, *args, **kwargs):
+        self._room_closing = True
+        return await super().shutdown_all(*args, **kwargs)
+
+    def _drop_from_pool(self, task) -> None:
+        """A pool refill that would pass the ceiling leaves the pool at once, so
+        the next student is not handed a kernel that will never start (and
+        Voila's pool code never reads its failure)."""
+        if task is None:
+            return
+        for pool in getattr(self, "_pools", {}).values():
+            if task in pool:
+                pool.remove(task)
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    def _refill(self) -> None:
+        fill = getattr(self, "fill_if_needed", None)       # only with --preheat_kernel
+        notebook = getattr(self, "notebook_path", None)
+        if fill is not None and notebook and not self._room_closing:
+            fill(notebook_name=notebook)
+
+
+c.VoilaConfiguration.multi_kernel_manager_class = RoomKernelManager
+# The lab's own template with one page added, 503.html (room/serve.py puts
+# room/jupyter on JUPYTER_PATH so Voila finds it).
+c.VoilaConfiguration.template = "room"
