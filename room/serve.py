@@ -15,11 +15,16 @@ A bad option is one line on stderr and exit 2.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
 import socket
+import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +36,7 @@ ROOM = ROOT / "room"
 SERVER_MIB = 150
 KERNEL_MIB = 90
 DEFAULT_STUDENTS = 30
+PROBE = "voila/templates/lab/static/voila.js"
 TOKEN_CHARS = re.compile(r"[A-Za-z0-9_.~-]{8,128}")
 
 DEFAULTS = [
@@ -124,6 +130,43 @@ def plan(args: list[str], env: dict) -> tuple[list[str], dict, list[str]]:
     if host != ip:
         banner.append("(or this machine's IP address in place of the name)")
     return cmd, voila_env, banner
+
+
+@contextlib.contextmanager
+def running(args: list[str], log: Path, env: dict | None = None, timeout: float = 60):
+    """The room (``./run room ARGS``) in the background, for the tests and the
+    benchmark: yields (its process, the address it printed).  Its output goes to
+    ``log`` (never a pipe nobody reads); it is stopped, kernels and all, at the end."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *args], cwd=ROOT,
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                env={**(os.environ if env is None else env), "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.time() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the room exited ({log}):\n" + log.read_text(errors="replace")[-2000:])
+            found = re.search(r"http://\S+/\?token=\S+", log.read_text(errors="replace"))
+            if found:
+                try:   # a file Voila serves without starting a kernel
+                    urllib.request.urlopen(found.group(0).split("?")[0] + PROBE, timeout=2).close()
+                    break
+                except urllib.error.HTTPError:
+                    break
+                except OSError:
+                    pass
+            if time.time() > deadline:
+                raise RuntimeError(f"the room did not answer within {timeout} s ({log})")
+            time.sleep(0.3)
+        yield proc, found.group(0)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def main(argv=None) -> int:

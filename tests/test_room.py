@@ -132,37 +132,17 @@ def is_lab(page: str) -> bool:
 def room():
     port = B.free_port()
     token = secrets.token_urlsafe(12)
-    B.LOGS.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(B.ROOT / "room" / "serve.py"), "--Voila.ip=127.0.0.1",
-           f"--port={port}", f"--max-students={PLACES}", "--pool_size=1"]
-    with open(LOG, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=B.ROOT, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT,
-                                env={**os.environ, "ROOM_TOKEN": token, "PYTHONUNBUFFERED": "1"})
-    base = f"http://127.0.0.1:{port}/"
+    args = ["--Voila.ip=127.0.0.1", f"--port={port}", f"--max-students={PLACES}", "--pool_size=1"]
     seen: set[int] = set()
-    try:
-        def up():
-            if proc.poll() is not None:
-                raise AssertionError("the room's server exited:\n" + B.log_tail(LOG))
-            try:
-                return get(base + B.PROBE, timeout=2)[0] == 200
-            except OSError:
-                return False
-        wait_for("the server answers", up, 60)
-        wait_for("the pool's kernel has started", lambda: len(kernels(proc.pid)) == 1, 60)
-        # The address the teacher hands out is the one the server printed.
-        printed = re.search(r"http://\S+/\?token=\S+", LOG.read_text())
-        assert printed and printed.group(0) == f"{base}?token={token}", printed
-        yield {"proc": proc, "base": base, "token": token, "url": printed.group(0), "seen": seen}
-    finally:
-        seen.update(children(proc.pid))
-        proc.terminate()
+    with serve.running(args, LOG, env={**os.environ, "ROOM_TOKEN": token}) as (proc, printed):
         try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            wait_for("the pool's kernel has started", lambda: len(kernels(proc.pid)) == 1, 60)
+            base = f"http://127.0.0.1:{port}/"
+            # The address the teacher hands out is the one the server printed.
+            assert printed == f"{base}?token={token}", printed
+            yield {"proc": proc, "base": base, "token": token, "url": printed}
+        finally:
+            seen.update(children(proc.pid))
     # The server took its kernels with it.
     wait_for("every kernel gone with the server",
              lambda: not [p for p in seen if Path(f"/proc/{p}").exists()
@@ -228,6 +208,7 @@ def test_without_the_token_no_kernel_starts(room, chromium):
         page = chromium.new_page(viewport={"width": 1280, "height": 720})
         page.goto(base, timeout=30_000)
         assert "/login" in page.url and page.locator("input[type=password]").count() == 1
+        assert "Setup a Password" not in page.inner_text("body")   # no password change
         shot(page, "without-token")
         page.close()
     steady(room, 1)
