@@ -132,6 +132,54 @@ def plan(args: list[str], env: dict) -> tuple[list[str], dict, list[str]]:
     return cmd, voila_env, banner
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc)."""
+    parent = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            parent[int(d.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        todo += kids
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def kernels(pid: int) -> list[int]:
+    """The kernels of the room's server ``pid``."""
+    return [c for c in descendants(pid) if "ipykernel_launcher" in cmdline(c)]
+
+
+def rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def memory(pid: int) -> tuple[float, list[float], float]:
+    """The room's resident memory in MiB: its server, each kernel, and the sum
+    over the server and every process below it."""
+    return rss_mib(pid), [rss_mib(k) for k in kernels(pid)], \
+        rss_mib(pid) + sum(rss_mib(c) for c in descendants(pid))
+
+
 @contextlib.contextmanager
 def running(args: list[str], log: Path, env: dict | None = None, timeout: float = 60):
     """The room (``./run room ARGS``) in the background, for the tests and the

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 
+from jupyter_server.auth.identity import PasswordIdentityProvider
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from tornado import web
 from traitlets import Int
@@ -99,6 +100,30 @@ class RoomKernelManager(AsyncMappingKernelManager):
             fill(notebook_name=notebook)
 
 
+class RoomIdentityProvider(PasswordIdentityProvider):
+    """Jupyter's token check, plus the XSRF cookie Voila's page needs to give its
+    place back.
+
+    When the lab's tab is closed, Voila's page (its widget manager's
+    ``beforeunload`` handler) posts to /voila/api/shutdown/<kernel> with the
+    ``_xsrf`` cookie's value, and Jupyter Server refuses a cookie-authenticated
+    POST without it.  Voila never sets that cookie on the lab's page (nothing in
+    the page's request reads ``handler.xsrf_token``), so the POST was refused
+    (HTTP 403) and the kernel kept its place until the idle cull.  Reading the
+    token here, once a student is known, makes tornado set the cookie.
+    """
+
+    async def get_user(self, handler):
+        user = await super().get_user(handler)
+        if user is not None:
+            # As JupyterHandler.prepare() does with our answer next; tornado's
+            # xsrf_token reads it.
+            handler.current_user = user
+            handler.xsrf_token          # sets the _xsrf cookie when the browser has none
+        return user
+
+
+c.Voila.identity_provider_class = RoomIdentityProvider
 c.VoilaConfiguration.multi_kernel_manager_class = RoomKernelManager
 # Jupyter's login page would let anyone holding the token set a new password,
 # written to the teacher's Jupyter config directory; a student must not.

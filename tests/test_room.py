@@ -44,46 +44,9 @@ SHOTS = B.ROOT / "artifacts" / "room"
 LOG = B.LOGS / "test-room.log"
 
 
-# --- what /proc says about the server -------------------------------------------------
+# --- what /proc says about the server (room/serve.py reads it) ----------------------
 
-def children(pid: int) -> list[int]:
-    """Every descendant of process ``pid``."""
-    parent = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-            except OSError:
-                continue
-            parent[int(d.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        kids = [c for c, pp in parent.items() if pp == p]
-        out += kids
-        todo += kids
-    return out
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def kernels(pid: int) -> list[int]:
-    return [c for c in children(pid) if "ipykernel_launcher" in cmdline(c)]
-
-
-def rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+children, cmdline, kernels = serve.descendants, serve.cmdline, serve.kernels
 
 
 def wait_for(what, predicate, timeout):
@@ -227,9 +190,12 @@ def test_the_class_gets_the_lab_until_the_room_is_full(room, chromium, capsys):
         assert "FREED" in B.pane(page, "shadow")
         shot(page, "lab-with-token")
         pages.append(kernel_id(page.content()))
+        room["page"] = page
     for student in range(len(pages), PLACES):
-        status, _, body, seconds = get(url)
+        status, hdrs, body, seconds = get(url)
         assert status == 200 and is_lab(body), (student, status, body[-500:])
+        # The cookie Voila's page needs to give the place back when it is left.
+        assert any(c.startswith("_xsrf=") for c in hdrs.get_all("Set-Cookie")), hdrs
         pages.append(kernel_id(body))
     room["students"] = pages
     wait_for(f"{PLACES} kernels", lambda: len(kernels(pid)) == PLACES, 30)
@@ -243,6 +209,7 @@ def test_the_class_gets_the_lab_until_the_room_is_full(room, chromium, capsys):
         assert status == 503, (status, body[-300:])
         assert hdrs["Content-Type"].startswith("text/html")
         assert "<h1>The room is full</h1>" in body and f"All {PLACES} places are taken." in body
+        assert '<meta http-equiv="refresh" content="30">' in body      # it tries again
     if chromium is not None:
         page = chromium.new_page(viewport={"width": 1280, "height": 720})
         reply = page.goto(url, timeout=30_000)
@@ -251,13 +218,12 @@ def test_the_class_gets_the_lab_until_the_room_is_full(room, chromium, capsys):
         shot(page, "room-full")
         page.close()
     steady(room, PLACES, 3)
-    total = rss_mib(pid) + sum(rss_mib(c) for c in children(pid))
-    per_kernel = [rss_mib(k) for k in kernels(pid)]
+    server, per_kernel, total = serve.memory(pid)
     with capsys.disabled():
         times = sorted(a[3] for a in answers)
         print(f"\nroom: {len(answers)} requests past {PLACES} places: 503 in"
               f" {times[len(times) // 2] * 1000:.0f} ms median, {times[-1] * 1000:.0f} ms max;"
-              f" server {rss_mib(pid):.0f} MiB, kernels {', '.join(f'{k:.0f}' for k in per_kernel)}"
+              f" server {server:.0f} MiB, kernels {', '.join(f'{k:.0f}' for k in per_kernel)}"
               f" MiB; total {total:.0f} of {serve.room_mib(PLACES)} MiB allowed")
     assert total < serve.room_mib(PLACES)
     assert max(per_kernel) < serve.KERNEL_MIB
@@ -266,14 +232,24 @@ def test_the_class_gets_the_lab_until_the_room_is_full(room, chromium, capsys):
 def test_a_freed_place_goes_to_the_next_student(room):
     pid, url, base = room["proc"].pid, room["url"], room["base"]
     gone = room["students"][0]
-    req = urllib.request.Request(base + f"api/kernels/{gone}", method="DELETE",
-                                 headers={"Authorization": f"token {room['token']}"})
-    with urllib.request.urlopen(req, timeout=30) as r:
-        assert r.status == 204
+    assert len(kernels(pid)) == PLACES
+    if "page" in room:
+        # The first student leaves the lab: Voila's page asks the server to
+        # shut its kernel down (a POST with the _xsrf cookie, room/voila.py).
+        page = room.pop("page")
+        page.goto("about:blank")
+        page.close()
+    else:
+        req = urllib.request.Request(base + f"api/kernels/{gone}", method="DELETE",
+                                     headers={"Authorization": f"token {room['token']}"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert r.status == 204
+    wait_for("the kernel shut down", lambda: f"Kernel shutdown: {gone}" in LOG.read_text(), 30)
     # The pool refills into the freed place, and the next student takes it.
-    wait_for("the pool refilled", lambda: len(kernels(pid)) == PLACES, 60)
+    wait_for("the pool refilled", lambda: len(kernels(pid)) == PLACES
+             and LOG.read_text().count("Kernel started:") == PLACES + 1, 60)
     status, _, body, _ = get(url)
-    assert status == 200 and is_lab(body)
+    assert status == 200 and is_lab(body) and kernel_id(body) not in room["students"]
     assert get(url, timeout=30)[0] == 503
 
 
@@ -287,6 +263,19 @@ def test_bad_options_are_one_line_and_exit_2():
         assert r.returncode == 2 and r.stdout == "", (arg, r)
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, (arg, r.stderr)
         assert arg.split("=")[0] in r.stderr, (arg, r.stderr)
+
+
+def test_the_readme_shows_what_the_room_prints():
+    readme = (B.ROOT / "README.md").read_text()
+    block = re.search(r"\./run room --max-students=25 .*?```text\n(.*?)```", readme, re.S)
+    assert block, "README shows no banner after ./run room --max-students=25"
+    shown = block.group(1).splitlines()
+    token = re.search(r"token=(\S+)", shown[2]).group(1)
+    _, _, banner = serve.plan(["--max-students=25"], {"ROOM_TOKEN": token})
+    banner[2] = banner[2].replace(f"//{serve.socket.gethostname()}:", "//labhost:")
+    assert shown == banner
+    assert (f"{serve.SERVER_MIB} MiB for the server and {serve.KERNEL_MIB} MiB a place"
+            in " ".join(readme.split()))
 
 
 def test_the_settings_the_readme_explains_are_kept():
