@@ -120,10 +120,16 @@ def plan(args: list[str], env: dict) -> tuple[list[str], dict, list[str]]:
     ip = given("ip", cmd) or ""
     port = given("port", cmd) or "8866"
     host = socket.gethostname() if ip in ("", "0.0.0.0", "::") else ip
-    pool = given("pool_size", cmd) if given("preheat_kernel", cmd) in ("True", "true", "1") else "0"
+    preheat = given("preheat_kernel", cmd) in ("True", "true", "1")
+    pool = given("pool_size", cmd) or "0"
+    if preheat and re.fullmatch(r"[0-9]+", pool) and int(pool) > students:
+        # The pool is part of the ceiling: never more of it than places.
+        cmd = [f"--pool_size={students}" if a == f"--pool_size={pool}" else a for a in cmd]
+        pool = str(students)
+    ahead = f", {pool} of them started ahead in Voila's pool" if preheat else ""
     banner = [
-        f"The room: at most {students} students at once ({students} kernels, the"
-        f" {min(int(pool or 0), students)} preheated ones included), about {room_mib(students)} MiB.",
+        f"The room: at most {students} students at once, about {room_mib(students)} MiB"
+        f" ({students} kernels{ahead}).",
         "Hand out this address; the token in it is the room's password for this run:",
         f"    http://{host}:{port}/?token={token}",
     ]

@@ -58,9 +58,12 @@ class RoomKernelManager(AsyncMappingKernelManager):
         # The check and the reservation have no await between them, so two
         # requests cannot both take the last place.
         if self._room_closing or self.room_count() >= self.max_kernels:
-            self._drop_from_pool(asyncio.current_task())
-            self.log.warning("room full: %d of %d kernels in use; a new one is refused",
-                             self.room_count(), self.max_kernels)
+            if self._drop_from_pool(asyncio.current_task()):
+                self.log.info("room full (%d of %d kernels): the pool is not refilled",
+                              self.room_count(), self.max_kernels)
+            else:
+                self.log.warning("room full (%d of %d kernels): a student gets the full page",
+                                 self.room_count(), self.max_kernels)
             raise web.HTTPError(
                 503, "All %d places are taken.", self.max_kernels, reason="The room is full")
         self._room_starting += 1
@@ -82,16 +85,16 @@ class RoomKernelManager(AsyncMappingKernelManager):
         self._room_closing = True
         return await super().shutdown_all(*args, **kwargs)
 
-    def _drop_from_pool(self, task) -> None:
+    def _drop_from_pool(self, task) -> bool:
         """A pool refill that would pass the ceiling leaves the pool at once, so
         the next student is not handed a kernel that will never start (and
-        Voila's pool code never reads its failure)."""
-        if task is None:
-            return
+        Voila's pool code never reads its failure).  Was ``task`` a refill?"""
         for pool in getattr(self, "_pools", {}).values():
-            if task in pool:
+            if task is not None and task in pool:
                 pool.remove(task)
                 task.add_done_callback(lambda t: t.cancelled() or t.exception())
+                return True
+        return False
 
     def _refill(self) -> None:
         fill = getattr(self, "fill_if_needed", None)       # only with --preheat_kernel
