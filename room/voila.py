@@ -20,7 +20,7 @@ import asyncio
 from jupyter_server.auth.identity import PasswordIdentityProvider
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from tornado import web
-from traitlets import Int
+from traitlets import Float, Int
 
 c = get_config()  # noqa: F821  (traitlets defines it while it loads this file)
 
@@ -38,11 +38,15 @@ class RoomKernelManager(AsyncMappingKernelManager):
       start; when a kernel is shut down (the student closed the page, or it was
       culled) the pool is refilled as far as places allow;
     * a student arriving with the pool empty and the room full gets HTTP 503,
-      before any kernel is started, from the same request (no waiting).
+      before any kernel is started, from the same request, once ``full_grace``
+      seconds (3) have passed without a place freeing (so a reload, whose old
+      page gives its place back a moment later, gets the lab).
     """
 
     max_kernels = Int(30, config=True,
                       help="The most kernels that may exist at once, preheated pool included.")
+    full_grace = Float(3.0, config=True,
+                       help="Seconds a student's request waits for a place before the full page.")
 
     def __init__(self, **kwargs):
         self._room_ids: set[str] = set()    # kernels started here and not yet shut down
@@ -55,8 +59,18 @@ class RoomKernelManager(AsyncMappingKernelManager):
         return len(self._room_ids & live) + self._room_starting
 
     async def start_kernel(self, *args, **kwargs):
-        # The check and the reservation have no await between them, so two
-        # requests cannot both take the last place.
+        # A student reloading the lab in a full room: the old page's request to
+        # give its place back reaches the server just after (or while) the new
+        # page's request asks for one.  Such a request waits for a place a few
+        # seconds (bounded, never longer) before it gets the full page; a
+        # refill of the pool does not wait.
+        refill = self._in_pool(asyncio.current_task())
+        deadline = asyncio.get_running_loop().time() + (0 if refill else self.full_grace)
+        while (not self._room_closing and self.room_count() >= self.max_kernels
+               and asyncio.get_running_loop().time() < deadline):
+            await asyncio.sleep(0.1)
+        # From the check to the reservation there is no await, so two requests
+        # cannot both take the last place.
         if self._room_closing or self.room_count() >= self.max_kernels:
             if self._drop_from_pool(asyncio.current_task()):
                 self.log.info("room full (%d of %d kernels): the pool is not refilled",
@@ -84,6 +98,9 @@ class RoomKernelManager(AsyncMappingKernelManager):
     async def shutdown_all(self, *args, **kwargs):
         self._room_closing = True
         return await super().shutdown_all(*args, **kwargs)
+
+    def _in_pool(self, task) -> bool:
+        return task is not None and any(task in pool for pool in getattr(self, "_pools", {}).values())
 
     def _drop_from_pool(self, task) -> bool:
         """A pool refill that would pass the ceiling leaves the pool at once, so
