@@ -156,7 +156,9 @@ async def load(url, sessions, changes, stagger, think, server_pid, extra):
     async def late_students():
         await all_open.wait()
         await asyncio.sleep(think)            # while the class is clicking
+        cpu = serve.cpu_seconds(server_pid)
         results["full"] = await asyncio.to_thread(past_the_ceiling, url, extra)
+        results["full_cpu"] = serve.cpu_seconds(server_pid) - cpu
 
     async def measure():                      # the room's memory at its largest
         while not done.is_set():
@@ -246,6 +248,8 @@ def main(argv=None) -> int:
     if full:
         print(f"full_page_median: {statistics.median(full) * 1000:.0f} ms")
         print(f"full_page_max: {max(full) * 1000:.0f} ms")
+        # The server's CPU over the burst (with the class's clicks), per request.
+        print(f"full_page_server_cpu: {r['full_cpu'] / len(r['full']) * 1000:.0f} ms")
     print(f"load_wall_time: {wall:.0f} s")
     # What went wrong, on stderr: why a page failed, the server's error lines.
     errors = B.log_problems(log)
