@@ -91,10 +91,12 @@ def mem_total_mib() -> int | None:
 def plan(args: list[str], env: dict) -> tuple[list[str], dict, list[str]]:
     """Voila's command line, its environment and the banner for ``./run room ARGS``."""
     students, args = take("max-students", args)
+    where = "--max-students"
     if students is None:
         students = env.get("ROOM_MAX_STUDENTS", str(DEFAULT_STUDENTS))
+        where = "ROOM_MAX_STUDENTS" if "ROOM_MAX_STUDENTS" in env else where
     if not re.fullmatch(r"[0-9]{1,6}", students or "") or int(students) < 1:
-        raise Usage(f"--max-students: {students!r} is not a whole number of at least 1")
+        raise Usage(f"{where}: {students!r} is not a whole number of at least 1")
     students = int(students)
     total = mem_total_mib()
     if total is not None and room_mib(students) > total:
@@ -102,10 +104,12 @@ def plan(args: list[str], env: dict) -> tuple[list[str], dict, list[str]]:
                     f" and this machine has {total} MiB")
 
     token, args = take("token", args)
+    where = "--token"
     if not token:                       # not given, or the bare --token flag
+        where = "ROOM_TOKEN"
         token = env.get("ROOM_TOKEN") or secrets.token_urlsafe(18)
     if not TOKEN_CHARS.fullmatch(token):
-        raise Usage("--token: use 8 to 128 letters, digits or - _ . ~ (it goes in a URL)")
+        raise Usage(f"{where}: use 8 to 128 letters, digits or - _ . ~ (it goes in a URL)")
 
     cmd = [sys.executable, "-m", "voila", "notebooks/lab.ipynb", "--no-browser"]
     cmd += [d for d in DEFAULTS if given(d.split("=")[0], args) is None]

@@ -274,6 +274,10 @@ def test_bad_options_are_one_line_and_exit_2():
         assert r.returncode == 2 and r.stdout == "", (arg, r)
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, (arg, r.stderr)
         assert arg.split("=")[0] in r.stderr, (arg, r.stderr)
+    for var, value in (("ROOM_TOKEN", "bad"), ("ROOM_MAX_STUDENTS", "-3")):
+        r = subprocess.run([sys.executable, str(B.ROOT / "room" / "serve.py")],
+                           capture_output=True, text=True, timeout=30, env={**os.environ, var: value})
+        assert r.returncode == 2 and r.stdout == "" and r.stderr.startswith(f"./run room: {var}:"), r
 
 
 def test_the_readme_shows_what_the_room_prints():
