@@ -289,8 +289,12 @@ def test_the_readme_shows_what_the_room_prints():
     _, _, banner = serve.plan(["--max-students=25"], {"ROOM_TOKEN": token})
     banner[2] = banner[2].replace(f"//{serve.socket.gethostname()}:", "//labhost:")
     assert shown == banner
-    assert (f"{serve.SERVER_MIB} MiB for the server and {serve.KERNEL_MIB} MiB a place"
-            in " ".join(readme.split()))
+    flat = " ".join(readme.split())
+    assert f"{serve.SERVER_MIB} MiB for the server and {serve.KERNEL_MIB} MiB a place" in flat
+    grace = re.search(r"full_grace = Float\(([\d.]+)", (B.ROOT / "room" / "voila.py").read_text())
+    assert f"waited {float(grace.group(1)):g} s for a place" in flat
+    page = (B.ROOT / "room" / "jupyter" / "voila" / "templates" / "room" / "503.html").read_text()
+    assert 'http-equiv="refresh" content="30"' in page and "tries again every 30 s" in flat
 
 
 def test_the_settings_the_readme_explains_are_kept():
