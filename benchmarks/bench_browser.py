@@ -17,21 +17,37 @@ Chromium.  Prints `name: value unit` lines.
   click, which here competes with 30 kernels and the server for 2 cores (in a
   room the browsers run on the students' machines).  Memory per session is
   the kernels' resident size.
+
+The room's server is the one ./run room starts (room/serve.py: the token in the
+address, at most --sessions kernels, the preheated pool of 6), on 127.0.0.1.
+Once every session is in, --past-ceiling more students arrive at once: each
+must get the "room is full" page (HTTP 503); its response times are printed,
+and the room's memory at its largest (server, kernels and their sum, from
+/proc) beside the ceiling room/serve.py derives for --sessions places.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
+import importlib.util
 import statistics
-import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import browser as B  # noqa: E402
+
+# room/serve.py by its path (room/ on sys.path would let its voila.py, Voila's
+# configuration file, hide the voila package).
+_spec = importlib.util.spec_from_file_location("room_serve", B.ROOT / "room" / "serve.py")
+serve = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(serve)
 
 STEP_JS = ("([m, i]) => { const s = document.querySelector(`.mmu-pane[data-mode=${m}] "
            ".mmu-status`); return s && s.innerText.includes(`step ${i} `); }")
@@ -97,7 +113,6 @@ async def session(b, url, n, changes, stagger, think, all_open, results):
         results["errors"] += changes
         await page.close()
         return
-    results["rss"] = results["rss"] or kernels_rss_mib()
     for i in range(changes):
         bit = ("WP", "PGE", "SMEP")[i % 3]
         try:
@@ -114,28 +129,60 @@ async def session(b, url, n, changes, stagger, think, all_open, results):
 PAGES_PER_BROWSER = 4
 
 
-async def load(url, sessions, changes, stagger, think):
+def past_the_ceiling(url, requests):
+    """``requests`` students more, at once, while the room is full and busy: each
+    one's (HTTP status, seconds)."""
+    def one(_):
+        t0 = time.perf_counter()
+        try:
+            urllib.request.urlopen(url, timeout=60).close()
+            status = 200
+        except urllib.error.HTTPError as e:
+            status = e.code
+        except OSError:
+            status = 0
+        return status, time.perf_counter() - t0
+    with concurrent.futures.ThreadPoolExecutor(requests) as pool:
+        return list(pool.map(one, range(requests)))
+
+
+async def load(url, sessions, changes, stagger, think, server_pid, extra):
     from playwright.async_api import async_playwright
     results = {"times": [], "answers": [], "errors": 0, "joins": [], "open": 0,
-               "sessions": sessions, "rss": [], "failed_joins": 0, "why": []}
+               "sessions": sessions, "rss": [], "failed_joins": 0, "why": [],
+               "server_pid": server_pid, "full": []}
     all_open = asyncio.Event()
+
+    async def late_students():
+        await all_open.wait()
+        await asyncio.sleep(think)            # while the class is clicking
+        cpu = serve.cpu_seconds(server_pid)
+        results["full"] = await asyncio.to_thread(past_the_ceiling, url, extra)
+        results["full_cpu"] = serve.cpu_seconds(server_pid) - cpu
+
+    async def measure():                      # the room's memory at its largest
+        while not done.is_set():
+            server, kernels, total = serve.memory(server_pid)
+            if total > results.get("total_mib", 0):
+                results.update(server_mib=server, rss=kernels, total_mib=total)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(done.wait(), 2)
+
+    done = asyncio.Event()
+    sampler = asyncio.create_task(measure())
+
     async with async_playwright() as p:
         browsers = [await p.chromium.launch(executable_path=B.CHROMIUM, args=B.FLAGS)
                     for _ in range(-(-sessions // PAGES_PER_BROWSER))]
         await asyncio.gather(*(session(browsers[n // PAGES_PER_BROWSER], url, n, changes,
                                        stagger, think, all_open, results)
-                               for n in range(sessions)))
+                               for n in range(sessions)), late_students())
+        done.set()
+        await sampler
         for b in browsers:
             await b.close()
     results["kernel_rss_mib"] = results["rss"]
     return results
-
-
-def kernels_rss_mib():
-    """Resident memory of each running ipykernel process, in MiB."""
-    out = subprocess.run(["ps", "-eo", "rss,args"], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) / 1024 for line in out.splitlines()[1:]
-            if "ipykernel" in line and "voila" not in line.split()[1]]
 
 
 def main(argv=None) -> int:
@@ -149,6 +196,8 @@ def main(argv=None) -> int:
                     help="an extra Voila option for the room's server")
     ap.add_argument("--cold", action="store_true",
                     help="no preheated kernels (./run room uses --preheat_kernel --pool_size=6)")
+    ap.add_argument("--past-ceiling", type=int, default=10, metavar="N",
+                    help="students more than --sessions who come once the room is full")
     args = ap.parse_args(argv)
     reason = B.available()
     if reason:
@@ -161,12 +210,16 @@ def main(argv=None) -> int:
         print(f"latency_p95: {pct(times, 95):.0f} ms")
         print(f"latency_max: {max(times):.0f} ms")
     # A fresh server for the room, so kernels from the latency run do not count.
-    room = [] if args.cold else ["--preheat_kernel=True", "--pool_size=6"]
+    # The room as ./run room serves it (room/serve.py: the token, a ceiling of
+    # --sessions places, the preheated pool), on 127.0.0.1.
+    room = ["--preheat_kernel=False"] if args.cold else []
     log = B.LOGS / "bench-room.log"
-    with B.voila(extra=["--MappingKernelManager.cull_idle_timeout=600", *room,
-                        *args.voila_arg], log=log.stem) as url:
+    with serve.running(["--Voila.ip=127.0.0.1", f"--port={B.free_port()}",
+                        f"--max-students={args.sessions}", *room, *args.voila_arg],
+                       log) as (proc, url):
         t0 = time.perf_counter()
-        r = asyncio.run(load(url, args.sessions, args.changes, args.stagger, args.think))
+        r = asyncio.run(load(url, args.sessions, args.changes, args.stagger, args.think,
+                             proc.pid, args.past_ceiling))
         wall = time.perf_counter() - t0
     answered = len(r["times"])
     print(f"load_sessions: {args.sessions} count")
@@ -185,6 +238,18 @@ def main(argv=None) -> int:
         print(f"load_click_to_diagram_p95: {pct(r['times'], 95):.0f} ms")
     if r["kernel_rss_mib"]:
         print(f"load_kernel_rss_per_session: {statistics.mean(r['kernel_rss_mib']):.0f} MiB")
+        print(f"load_kernel_rss_max: {max(r['kernel_rss_mib']):.0f} MiB")
+        print(f"load_server_rss: {r['server_mib']:.0f} MiB")
+        print(f"load_room_rss_total: {r['total_mib']:.0f} MiB")
+        print(f"load_room_ceiling: {serve.room_mib(args.sessions)} MiB")
+    full = [t for status, t in r["full"] if status == 503]
+    print(f"full_page_requests: {len(r['full'])} count")
+    print(f"full_page_503: {len(full)} count")
+    if full:
+        print(f"full_page_median: {statistics.median(full) * 1000:.0f} ms")
+        print(f"full_page_max: {max(full) * 1000:.0f} ms")
+        # The server's CPU over the burst (with the class's clicks), per request.
+        print(f"full_page_server_cpu: {r['full_cpu'] / len(r['full']) * 1000:.0f} ms")
     print(f"load_wall_time: {wall:.0f} s")
     # What went wrong, on stderr: why a page failed, the server's error lines.
     errors = B.log_problems(log)
@@ -193,7 +258,8 @@ def main(argv=None) -> int:
         print(line[:300], file=sys.stderr)
     if r["why"] or errors:
         print(f"the room's server log: {log}", file=sys.stderr)
-    ok = r["errors"] == 0 and answered == args.sessions * args.changes and not errors
+    ok = (r["errors"] == 0 and answered == args.sessions * args.changes and not errors
+          and len(full) == len(r["full"]))
     return 0 if ok else 1
 
 
