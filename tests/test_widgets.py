@@ -1,25 +1,34 @@
-"""The classroom widgets: driven without a browser, read through their HTML."""
+"""The classroom widgets: driven without a browser, read through their HTML.
+
+The views (mmu_model.classroom.views: the lab's state and its HTML) are
+tested first, on their own; the widget trees around them after."""
 import re
+import subprocess
+import sys
 
 import pytest
 
-pytest.importorskip("ipywidgets")
-
-from mmu_model import Simulation  # noqa: E402
-from mmu_model.classroom.widgets import (  # noqa: E402
+from mmu_model import Simulation
+from mmu_model.classroom.views import (
+    BITS,
+    BUTTON_HELP,
     LabState,
     bit_tooltip,
     cache_html,
-    lab,
+    differences,
+    feedback_html,
+    help_html,
+    history_labels,
     legend_html,
-    predict,
-    role_explorer,
-    root_cache,
-    score,
     shadow_pane_html,
+    summary_html,
     tdp_pane_html,
 )
-from mmu_model.eras import get_era  # noqa: E402
+from mmu_model.eras import get_era
+
+ipywidgets = pytest.importorskip("ipywidgets")
+
+from mmu_model.classroom.widgets import lab, predict, role_explorer, root_cache, score  # noqa: E402
 
 
 def states(pane: str) -> list[tuple[str, int]]:
@@ -35,6 +44,122 @@ def slot_states(pane: str) -> list[tuple[str, int]]:
 def status(pane: str) -> str:
     return re.search(r'class="mmu-status".*?</div>', pane).group(0)
 
+
+def summaries(html: str) -> dict:
+    """{mode: (kind, current, state, freed ids)} from summary_html's data attributes."""
+    return {m: (k, c, st, f.split()) for m, k, c, st, f in re.findall(
+        r'class="mmu-summary" data-mode="([\w-]+)" data-kind="([\w-]+)" data-current="(\w+)"'
+        r' data-state="(\w*)" data-freed="([\d ]*)"', html)}
+
+
+def freed_in_pane(pane: str) -> list[str]:
+    return [str(r) for s, r in slot_states(pane) if s in ("freed", "destroyed")]
+
+
+# ---------------------------------------------------------------------------
+# The views, without a widget
+
+def test_views_import_no_ui_library():
+    """mmu_model.classroom.views is pure: importing it loads no ipywidgets."""
+    code = "import sys, mmu_model.classroom.views; print('ipywidgets' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_summary_line_says_what_the_pane_shows():
+    """v6.18, CR0.WP off: the one-line summary names the root the shadow pane
+    shows freed and the new one, with the flush; for TDP, no exit and root #1 kept."""
+    st = LabState("v6.18")
+    st.apply({"op": "mov_cr0", "clear": ["WP"]})
+    html = summary_html(st)
+    sums = summaries(html)
+    assert sums["shadow"] == ("exit", "2", "new", ["1"])
+    assert sums["tdp"] == ("no-exit", "1", "kept", [])
+    assert freed_in_pane(shadow_pane_html(st)) == ["1"] and freed_in_pane(tdp_pane_html(st)) == []
+    assert "✕ freed #1 (was current)" in html and "★ new #2 is current" in html
+    assert "⚡ flushed current" in html and "→ no VM exit" in html
+
+
+def test_summary_names_the_root_moved_to_prev_roots():
+    """A PCID switch keeps the old root in prev_roots: the summary says where it went."""
+    st = LabState("v6.18")
+    st.apply({"op": "mov_cr3", "value": 0x2001})
+    assert "= #1 kept in prev0" in summary_html(st)
+    assert ("kept", 1) in slot_states(shadow_pane_html(st))
+
+
+def test_history_lists_every_step_and_looks_back():
+    """The history has one line per step; looking back at step 0 draws the panes
+    exactly as they were after step 0."""
+    events = [{"op": "mov_cr0", "clear": ["WP"]}, {"op": "mov_cr3", "value": 0x2001},
+              {"op": "mov_cr0", "set": ["WP"]}]
+    st = LabState("v6.18")
+    one = LabState("v6.18")
+    one.apply(events[0])
+    for ev in events:
+        st.apply(ev)
+    labels = history_labels(st)
+    assert len(labels) == 3 and "mov_cr0 -WP" in labels[0] and "mov_cr3 0x2001" in labels[1]
+    assert "shadow: freed #1" in labels[0] and "tdp: no exit" in labels[0]
+    assert shadow_pane_html(st.at(0)) == shadow_pane_html(one)
+    assert "looking back" in summary_html(st, viewing=0)
+    assert summaries(summary_html(st, viewing=0)) == summaries(summary_html(one))
+
+
+def test_era_switch_marks_where_the_eras_differ():
+    """Replayed under v5.17, the WP toggle destroys the TDP root (v6.18 kept it): step 0
+    is marked; the CR3 switch after it does the same in both (root ids aside)."""
+    st = LabState("v6.18")
+    st.apply({"op": "mov_cr0", "clear": ["WP"]})
+    st.apply({"op": "mov_cr3", "value": 0x2001})
+    st.configure(era="v5.17")
+    diffs = differences(st)
+    assert list(diffs) == [0]
+    assert diffs[0] == [("tdp", "no exit · kept #1", "destroyed #1 · new #2 · flush current")]
+    labels = history_labels(st)
+    assert labels[0].startswith("≠") and not labels[1].startswith("≠")
+    assert "under v6.18" in summary_html(st, viewing=0)
+    assert "tdp was no exit · kept #1" in summary_html(st, viewing=0)
+    assert "step 0 did something else" in summary_html(st)
+    st.configure(era="v5.17")                   # no change: the comparison stays
+    assert list(differences(st)) == [0]
+
+
+def test_every_hover_text_is_in_the_help_a_click_opens():
+    """The bits' and buttons' hover texts are all in help_html, inside <details>."""
+    era = get_era("v5.15")
+    text = help_html("v5.15")
+    assert text.startswith("<details")
+    import html as h
+    for reg, name in BITS:
+        for line in bit_tooltip(era, reg, name).split("\n")[1:]:
+            assert h.escape(line) in text, line
+    for label, tip in BUTTON_HELP.items():
+        assert h.escape(tip) in text
+
+
+def test_legend_folds_and_keeps_every_tag():
+    """The lab's legend is a <details> a click opens; it names every state in words."""
+    for legend in (legend_html(), legend_html(collapsible=True)):
+        for tag in ("NEW", "REUSED", "KEPT", "FREED", "DESTROYED", "UNUSED", "EMPTY", "FLUSHED"):
+            assert tag in legend
+    assert legend_html(collapsible=True).startswith('<details class="mmu-legend"')
+
+
+def test_quiz_marks_are_icon_word_and_border():
+    """Right, wrong and unanswered parts each carry an icon, a word and their own border."""
+    html = feedback_html([("root #1", "freed", "freed"), ("root #2", "kept", "freed"),
+                          ("a TLB flush", "?", "yes")], (1, 3), "Answer text")
+    marks = re.findall(r'data-mark="(\w+)" style="[^"]*border:([^;]+);', html)
+    assert [m for m, _b in marks] == ["right", "wrong", "unanswered"]
+    assert len({b for _m, b in marks}) == 3
+    for word in ("✓ RIGHT", "✗ WRONG", "? NO ANSWER"):
+        assert word in html
+    assert "Score: 1 / 3" in html
+
+
+# ---------------------------------------------------------------------------
+# The widgets
 
 def test_wp_toggle_v6_18_frees_shadow_root_keeps_tdp_root():
     """v6.18: CR0.WP off frees the shadow root and builds one; the TDP root stays, with no exit."""
@@ -189,3 +314,64 @@ def test_pane_shows_a_stale_translation():
     html = shadow_pane_html(state)
     assert 'class="mmu-violations"' in html and "Stale translation" in html
     assert "frame 0x1004" in html and "step 3 should have invalidated it" in html
+
+
+def test_lab_history_looks_back_and_a_new_step_returns():
+    """Picking step 0 in the lab's history redraws the panes as after step 0; the
+    next click acts on the latest state and shows it."""
+    w = lab("v6.18")
+    w.parts.bits["WP"].value = False
+    after_0 = w.parts.shadow.value
+    w.parts.buttons["MOV CR3"].click()
+    assert [v for _l, v in w.parts.history.options] == [0, 1] and w.parts.history.value == 1
+    w.parts.history.value = 0
+    assert w.parts.shadow.value == after_0 and "looking back" in w.parts.summary.value
+    w.parts.buttons["INVLPG"].click()
+    assert w.parts.history.value == 2 and "step 2" in w.parts.summary.value
+
+
+def test_lab_era_switch_marks_the_history():
+    """Switching era in the lab marks the steps that did something else before."""
+    w = lab("v6.18")
+    w.parts.bits["WP"].value = False
+    w.parts.era.value = "v5.17"
+    assert w.parts.history.options[0][0].startswith("≠")
+    assert "under v6.18" in w.parts.summary.value
+
+
+def test_lab_buttons_have_click_help():
+    """Every button of the lab has its hover text in the help a click opens."""
+    w = lab()
+    assert set(w.parts.buttons) == set(BUTTON_HELP)
+    assert "<details" in w.parts.help.value and "<details" in w.parts.legend.value
+
+
+def test_predict_marks_the_chosen_answer():
+    """A choice is shown as CHOSEN (and a check icon on the button) before the reveal;
+    after it, each part is RIGHT or WRONG."""
+    w = predict(seed=4, n=1)
+    item = w.parts.items[0]
+    rid, t = next(iter(item.marks.items()))
+    assert 'data-mark="unchosen"' in item.chosen[f"root #{rid}"].value
+    wrong = "kept" if item.q["answer"]["roots"][rid] == "freed" else "freed"
+    t.value = wrong
+    assert 'data-mark="chosen"' in item.chosen[f"root #{rid}"].value
+    assert t.icons[list(t.options).index(wrong)] == "check"
+    item.source.value = item.q["answer"]["root_source"]
+    item.reveal.click()
+    ans = item.answer.value
+    assert re.search(rf'data-part="root #{rid}"><span class="mmu-mark" data-mark="wrong"', ans)
+    assert re.search(r'data-part="current root from"><span class="mmu-mark" data-mark="right"', ans)
+    assert "Why:" in ans
+
+
+def test_predict_scoped_and_regenerated():
+    """predict takes the quiz's scope; with controls, New questions re-scopes in place."""
+    w = predict(seed=2, n=4, era="v6.18", mode=["shadow", "tdp"], nested=False, level=1)
+    assert {(q["era"], q["prefix"] == []) for q in w.parts.questions} == {("v6.18", True)}
+    assert {q["mode"] for q in w.parts.questions} <= {"shadow", "tdp"}
+    c = predict(seed=2, n=3, controls=True)
+    c.parts.era.value, c.parts.mode.value, c.parts.level.value = "v5.17", "tdp", 2
+    c.parts.new.click()
+    assert {(q["era"], q["mode"]) for q in c.parts.questions} == {("v5.17", "tdp")}
+    assert all(q["prefix"] for q in c.parts.questions)

@@ -81,6 +81,9 @@ class LabState:
         self.modes = tuple(modes)
         self.events: list[dict] = []
         self.last_error: str | None = None
+        # (label, history rows) of the configuration before the last
+        # configure() that changed it, or None.
+        self.previous: tuple[str, list[dict]] | None = None
         self.rebuild()
 
     def rebuild(self):
@@ -104,6 +107,30 @@ class LabState:
         self.events.append(event)
         return steps
 
+    def configure(self, **changes):
+        """Change era, vendor, vcpus or modes and replay the events under the
+        new configuration, remembering what each step did before, so the
+        history can show where the two configurations differ."""
+        before = (self.label(), history(self)) if self.events else None
+        for key, value in changes.items():
+            if key not in ("era", "vendor", "vcpus", "modes"):
+                raise TypeError(f"configure: not a configuration field: {key}")
+            setattr(self, key, tuple(value) if key == "modes" else value)
+        self.rebuild()
+        if before is not None and before[0] != self.label():
+            self.previous = before
+
+    def label(self) -> str:
+        """The configuration in a few words: era, vendor and the right pane's mode."""
+        return f"{self.era} · {self.vendor} · {' / '.join(self.modes)}"
+
+    def at(self, index: int) -> "LabState":
+        """A copy of this state replayed up to and including step ``index``."""
+        copy = LabState(self.era, self.vendor, self.vcpus, self.start, self.modes)
+        copy.events = [dict(e) for e in self.events[:index + 1]]
+        copy.rebuild()
+        return copy
+
     def undo(self):
         if self.events:
             self.events.pop()
@@ -111,6 +138,7 @@ class LabState:
 
     def reset(self):
         self.events = []
+        self.previous = None
         self.rebuild()
 
     def last(self, mode: str):
@@ -161,6 +189,8 @@ REUSED_HOW = {"cache": "from the prev_roots cache", "hash": "from the shadow-pag
 MODE_TITLE = {"shadow": "Shadow paging", "tdp": "TDP (TDP MMU)",
               "tdp-legacy": "TDP (legacy MMU, tdp_mmu=0)",
               "nested-tdp": "Nested TDP (L2 under L1's EPT/NPT)"}
+SHORT_TITLE = {"shadow": "Shadow paging", "tdp": "TDP", "tdp-legacy": "TDP, legacy MMU",
+               "nested-tdp": "Nested TDP"}
 RIGHT_PANES = [("TDP (TDP MMU)", "tdp"), ("TDP, legacy MMU", "tdp-legacy"),
                ("nested TDP: the bits are L2's", "nested-tdp")]
 BOX = ("font-family:system-ui,sans-serif;font-size:13px;color:#111;line-height:1.35;"
@@ -172,43 +202,56 @@ def _e(text) -> str:
 
 
 def chip(state: str, title: str, lines=(), note: str = "", flushed: str = "",
-         root_id=None, strike: bool = True) -> str:
-    """One root (or empty slot) as a box: icon and tag, title, detail lines."""
+         root_id=None, strike: bool = True, width: int | None = None) -> str:
+    """One root (or empty slot) as a box: icon, tag and title (a root's id
+    sits on the tag's line), the note, detail lines, the flush."""
     icon, tag, colour, border, meaning = STATES[state]
     bg = HATCH if state in ("freed", "destroyed") else "#ffffff"
     strike = "text-decoration:line-through;" if strike and state in ("freed", "destroyed") else ""
-    parts = [f'<div style="font-weight:700;color:{colour};font-size:12px">{icon} {tag}'
-             + (f" · {_e(note)}" if note else "") + "</div>",
-             f'<div style="font-weight:600;{strike}">{_e(title)}</div>']
-    parts += [f'<div style="font-size:12px;color:#333">{_e(x)}</div>' for x in lines]
+    head = f'<div style="font-weight:700;color:{colour};font-size:12px">{icon} {tag}'
+    if title.startswith("#"):
+        parts = [head + f' <span style="color:#111;font-size:13px;{strike}">{_e(title)}</span></div>']
+    else:
+        parts = [head + "</div>", f'<div style="font-weight:600;{strike}">{_e(title)}</div>']
+    if note:
+        parts.append(f'<div style="font-size:11px;color:#111;font-weight:600">{_e(note)}</div>')
+    parts += [f'<div style="font-size:11px;color:#333">{_e(x)}</div>' for x in lines]
     if flushed:
-        parts.append(f'<div style="margin-top:3px;padding:1px 4px;background:{FLUSH_COLOUR};'
-                     f'color:#000;font-size:12px;font-weight:700">⚡ FLUSHED: {_e(flushed)}</div>')
+        parts.append(f'<div style="margin-top:2px;padding:0 3px;background:{FLUSH_COLOUR};'
+                     f'color:#000;font-size:11px;font-weight:700">⚡ FLUSHED: {_e(flushed)}</div>')
     data = f' data-root="{root_id}"' if root_id is not None else ""
     return (f'<div class="mmu-chip" data-state="{state}"{data} title="{_e(meaning)}" '
-            f'style="border:{border} {colour};background:{bg};padding:4px 6px;margin:3px;'
-            f'width:122px;min-height:62px;border-radius:4px;{BOX}">' + "".join(parts) + "</div>")
+            f'style="border:{border} {colour};background:{bg};padding:3px 5px;margin:3px;'
+            f'width:{width or (84 if state == "empty" and root_id is None else 138)}px;'
+            f'min-height:44px;border-radius:4px;{BOX}line-height:1.25">'
+            + "".join(parts) + "</div>")
 
 
-def legend_html() -> str:
-    """The legend, once for both panes."""
-    items = [chip(s, meaning, strike=False) for s, (_i, _t, _c, _b, meaning) in STATES.items()]
+def legend_html(collapsible: bool = False) -> str:
+    """The legend, once for both panes; ``collapsible`` folds it into a
+    ``<details>`` element that a click (or Enter) opens and closes."""
+    items = [chip(s, meaning, strike=False, width=138) for s, (_i, _t, _c, _b, meaning) in STATES.items()]
     items.append(f'<div style="{BOX}padding:4px 6px;margin:3px;width:122px;border:2px solid '
                  f'{FLUSH_COLOUR}"><div style="background:{FLUSH_COLOUR};font-weight:700;'
                  'font-size:12px;padding:1px 4px">⚡ FLUSHED</div>a TLB flush at the next '
                  'entry: current, guest, all or gva</div>')
-    return (f'<div class="mmu-legend" style="{BOX}"><b>How to read the boxes</b> (hover over '
-            'one for its meaning): each root shows an icon and a word for what the last step '
-            'did to it, its id, its pgd and its reference count.<div style="display:flex;'
-            'flex-wrap:wrap;align-items:stretch">' + "".join(items) + "</div></div>")
+    boxes = '<div style="display:flex;flex-wrap:wrap;align-items:stretch">' + "".join(items) + "</div>"
+    what = ("each root shows an icon and a word for what the last step did to it, its id, "
+            "its pgd and its reference count.")
+    if collapsible:
+        return (f'<details class="mmu-legend" style="{BOX}"><summary style="cursor:pointer">'
+                f'<b>How to read the boxes</b> (legend: click to open or close)</summary>'
+                f'{what.capitalize()}{boxes}</details>')
+    return (f'<div class="mmu-legend" style="{BOX}"><b>How to read the boxes</b> (the meaning '
+            f'of each is written in it here): {what}{boxes}</div>')
 
 
 def _root_lines(hpa, pgd=None) -> list[str]:
-    lines = [f"pgd {pgd:#x}" if pgd is not None else None]
+    pgd = f"pgd {pgd:#x}" if pgd is not None else None
     if hpa.kind == "special":
-        lines.append("pae_root → " + " ".join(f"#{e.id}" if e else "-" for e in hpa.entries))
+        lines = [pgd, "pae_root → " + " ".join(f"#{e.id}" if e else "-" for e in hpa.entries)]
     else:
-        lines.append(f"{hpa.kind} · root_count {hpa.root_count}")
+        lines = [f"{pgd} · {hpa.kind}" if pgd else hpa.kind, f"root_count {hpa.root_count}"]
     return [x for x in lines if x]
 
 
@@ -232,8 +275,8 @@ def _slot_state(hpa, label, step, before, mine):
 
 
 def slots_html(sim, step, before, vcpu: int = 0) -> str:
-    """The vCPU's current root and prev_roots (most recent first), then the
-    roots freed by the step."""
+    """The vCPU's current root and prev_roots (most recent first), then, in
+    the same row when there is room, the roots the step dropped from them."""
     v = sim.kvm.vcpus[vcpu]
     acting = step is not None and step["vcpu"] == vcpu
     flushes = ", ".join(step["tlb_flushes"]) if acting else ""
@@ -247,22 +290,18 @@ def slots_html(sim, step, before, vcpu: int = 0) -> str:
         cells.append(_slot(head, chip(state, f"#{info.hpa.id}", _root_lines(info.hpa, info.pgd),
                                       note, flushes if label == "current" else "",
                                       root_id=info.hpa.id)))
-    out = '<div style="display:flex;flex-wrap:wrap">' + "".join(cells) + "</div>"
     if acting and step["freed"]:
         now = {_id(i) for _l, i in v.mmu.slots()}
         gone = [f for f in step["freed"] if f["id"] not in now]
-        if gone:
-            chips = []
-            for f in gone:
-                sp = before["pool"].get(f["id"]) if before else None
-                state = "destroyed" if f["id"] in step["destroyed"] else "freed"
-                lines = [f"pgd {f['pgd']}"] + ([f"{sp.kind}"] if sp is not None else [])
-                chips.append(chip(state, f"#{f['id']}", lines, f"was {f['slot']}",
-                                  root_id=f["id"]))
-            out += (f'<div style="{BOX}margin-top:4px;font-weight:600">Dropped from the slots '
-                    'this step:</div><div style="display:flex;flex-wrap:wrap">'
-                    + "".join(chips) + "</div>")
-    return out
+        for n, f in enumerate(gone):
+            sp = before["pool"].get(f["id"]) if before else None
+            state = "destroyed" if f["id"] in step["destroyed"] else "freed"
+            lines = [f"pgd {f['pgd']}" + (f" · {sp.kind}" if sp is not None else "")]
+            rule = "border-left:2px dashed #777;padding-left:4px;" if n == 0 else ""
+            cells.append(f'<div class="mmu-dropped" style="{rule}">' + _slot(
+                "dropped this step", chip(state, f"#{f['id']}", lines, f"was {f['slot']}",
+                                          root_id=f["id"])) + "</div>")
+    return '<div class="mmu-slots" style="display:flex;flex-wrap:wrap">' + "".join(cells) + "</div>"
 
 
 LRU = {"prev0": "MRU", "prev1": "", "prev2": "LRU"}
@@ -393,11 +432,10 @@ def pane_html(sim, step, before, vcpu: int = 0) -> str:
             f'<div style="font-family:monospace;font-size:12px;color:#333">{_e(regline)}</div>'
             + nested_html(sim, vcpu)
             + status_html(step) + violations_html(step) + slots_html(sim, step, before, vcpu)
+            + f'<div style="{BOX}margin-top:2px"><b>Requests raised:</b> '
+              f'<span class="mmu-requests">{_e(reqs) or "none"}</span> · <b>TLB flushes:</b> '
+              f'<span class="mmu-flushes">{_e(fl) or "none"}</span></div>'
             + pool_html(sim, step, before)
-            + f'<div style="{BOX}margin-top:4px"><b>Requests raised:</b> '
-              f'<span class="mmu-requests">{_e(reqs) or "none"}</span></div>'
-            + f'<div style="{BOX}"><b>TLB flushes:</b> <span class="mmu-flushes">'
-              f'{_e(fl) or "none"}</span></div>'
             + trace_html(step) + totals_html(sim.totals()) + "</div>")
 
 
@@ -492,3 +530,269 @@ def eras_role_html(regs: dict) -> str:
             "<th>TDP root role for these registers</th></tr>")
     rows = "".join(lines)
     return f'<table class="mmu-era-roles" style="{BOX}border-collapse:collapse">{head}{rows}</table>'
+
+
+# ---------------------------------------------------------------------------
+# This step in one line, and the history of steps
+
+def step_summary(step, before) -> dict:
+    """What one step did to the acting vCPU's roots, from its outcome and the
+    snapshot before it: ``kind`` (``start``, ``fault``, ``no-exit``, ``exit``),
+    ``freed`` [(id, slot, destroyed?)], ``current`` (id or None), ``state`` of
+    the current root (new, reused, kept, empty), ``how`` (where a reused root
+    came from), ``flushed`` and ``requests``."""
+    if step is None:
+        return {"kind": "start", "freed": [], "current": None, "state": "", "how": "",
+                "flushed": [], "requests": []}
+    root = step["root"]["id"] if step["root"] else None
+    source = step["root_source"]
+    if root is None:
+        state, how = "empty", ""
+    elif before is not None and root >= before["next_id"]:
+        state, how = "new", "special, rebuilt" if source == "special" else ""
+    elif source in REUSED_HOW and source != "same":
+        state, how = "reused", REUSED_HOW[source]
+    else:
+        state, how = "kept", ""
+    kind = "fault" if step["fault"] else "exit" if step["intercepted"] else "no-exit"
+    moved = None
+    if before is not None and step["vcpu"] < len(before["slots"]):
+        old = dict(before["slots"][step["vcpu"]]).get("current")
+        prev = [r["id"] if r else None for r in step["prev_roots"]]
+        if old is not None and old != root and old in prev:
+            moved = (old, f"prev{prev.index(old)}")
+    return {"kind": kind, "fault": step["fault"], "index": step["index"], "moved": moved,
+            "freed": [(f["id"], f["slot"], f["id"] in step["destroyed"]) for f in step["freed"]],
+            "current": root, "state": state, "how": how,
+            "flushed": list(step["tlb_flushes"]), "requests": list(step["requests"])}
+
+
+def summary_text(summary: dict, short: bool = False) -> str:
+    """One line: "✕ freed #1 (was current) · ★ new #2 is current · ⚡ flushed current".
+    Every part has an icon and a word, as the boxes do; ``short`` drops the
+    icons and the slot names (for the history list)."""
+    kind = summary["kind"]
+    if kind == "start":
+        return "the start state"
+    if kind == "fault":
+        return f"#{summary['fault']}: nothing changed" if short else \
+            f"⚠ #{summary['fault']}: nothing changed"
+    parts = [("no exit" if short else "→ no VM exit")] if kind == "no-exit" else []
+    freed = summary["freed"]
+    for rid, slot, destroyed in freed:
+        word = "destroyed" if destroyed else "freed"
+        icon = STATES[word][0]
+        parts.append(f"{word} #{rid}" if short else f"{icon} {word} #{rid} (was {slot})")
+    if not freed and not short:
+        parts.append("nothing freed")
+    if summary.get("moved"):
+        rid, slot = summary["moved"]
+        parts.append(f"#{rid} to {slot}" if short else f"= #{rid} kept in {slot}")
+    cur, state = summary["current"], summary["state"]
+    if cur is None:
+        parts.append("no current root")
+    elif short:
+        parts.append(f"{state} #{cur}")
+    else:
+        how = f" ({summary['how']})" if summary["how"] else ""
+        parts.append(f"{STATES[state][0]} {state} #{cur} is current{how}")
+    fl = summary["flushed"]
+    if short:
+        parts += [f"flush {', '.join(fl)}"] if fl else []
+    else:
+        parts.append(f"⚡ flushed {', '.join(fl)}" if fl else "no TLB flush")
+    return " · ".join(parts)
+
+
+def history(state: LabState) -> list[dict]:
+    """Every step so far: {index, event, summaries {mode: summary}}."""
+    from ..harness.render import event_label
+    rows = []
+    for i, ev in enumerate(state.events):
+        sums = {m: step_summary(state.sims[m].outcomes[i], state.befores[m][i])
+                for m in state.modes}
+        rows.append({"index": i, "event": event_label(parse_event(ev, "event", state.vcpus)),
+                     "vcpu": ev.get("vcpu", 0), "summaries": sums})
+    return rows
+
+
+def _sides(state_modes, sums) -> dict:
+    """{"left": ..., "right": ...} from {mode: summary}: the left pane is shadow paging."""
+    right = next((m for m in state_modes if m != "shadow"), None)
+    return {"left": sums.get("shadow"), "right": sums.get(right) if right else None}
+
+
+def _shape(text: str) -> str:
+    """A summary without its root ids: two eras that do the same thing to
+    differently numbered roots do not differ."""
+    import re
+    return re.sub(r"#\d+", "#", text)
+
+
+def differences(state: LabState) -> dict:
+    """{step index: [(pane, before, now)]} for the steps whose summary differs
+    (root ids aside) from the configuration before the last era, vendor or
+    pane switch; ``pane`` is "shadow" or the right pane's mode."""
+    if state.previous is None:
+        return {}
+    label, old_rows = state.previous
+    old_modes = tuple(label.split(" · ")[2].split(" / "))
+    out = {}
+    for row, old in zip(history(state), old_rows):
+        now = _sides(state.modes, row["summaries"])
+        was = _sides(old_modes, old["summaries"])
+        diff = []
+        for side in ("left", "right"):
+            if not (was[side] and now[side]):
+                continue
+            b, n = summary_text(was[side], True), summary_text(now[side], True)
+            if _shape(b) != _shape(n):
+                name = "shadow" if side == "left" else next(m for m in old_modes if m != "shadow")
+                diff.append((name, b, n))
+        if diff:
+            out[row["index"]] = diff
+    return out
+
+
+def history_labels(state: LabState) -> list[str]:
+    """One plain-text line per step for the history list, newest last; a step
+    that did something else before the last era switch starts with "≠"."""
+    diffs = differences(state)
+    right = next((m for m in state.modes if m != "shadow"), "tdp")
+    labels = []
+    for row in history(state):
+        sums = row["summaries"]
+        mark = "≠ " if row["index"] in diffs else "   "
+        vcpu = f" vCPU{row['vcpu']}" if state.vcpus > 1 else ""
+        labels.append(f"{mark}{row['index']}{vcpu} · {row['event']} │ shadow: "
+                      f"{summary_text(sums['shadow'], True)} │ {right}: "
+                      f"{summary_text(sums[right], True)}")
+    return labels
+
+
+def _changed(before: str, now: str) -> str:
+    """The parts of configuration label ``before`` that differ from ``now``."""
+    parts = [b for b, n in zip(before.split(" · "), now.split(" · ")) if b != n]
+    return " · ".join(parts) or before
+
+
+def summary_html(state: LabState, vcpu: int = 0, viewing: int | None = None) -> str:
+    """The "this step" lines, one per pane, for the lab's header: what the step
+    shown (the last, or ``viewing``) freed, reused or built, and flushed; and,
+    after an era switch, what the same step did before it."""
+    n = len(state.events)
+    index = n - 1 if viewing is None else viewing
+    shown = state if viewing is None or viewing == n - 1 else state.at(viewing)
+    lines = []
+    for mode in state.modes:
+        step, before = shown.last(mode)
+        summ = step_summary(step, before)
+        data = (f' data-mode="{mode}" data-kind="{summ["kind"]}" data-current="{summ["current"]}"'
+                f' data-state="{summ["state"]}" data-freed="'
+                + " ".join(str(f[0]) for f in summ["freed"]) + '"')
+        lines.append(f'<div class="mmu-summary"{data} style="white-space:normal">'
+                     f'<b>{_e(SHORT_TITLE[mode])}</b>: {_e(summary_text(summ))}</div>')
+    if n == 0:
+        head = "This step: none yet. Toggle a bit or press a button; each step is listed on the right."
+    else:
+        ev = history(shown)[index]["event"]
+        head = f"This step: step {index} · {ev}"
+        if viewing is not None and viewing != n - 1:
+            head += f" (looking back: {n} steps so far; pick the last to return)"
+    diffs = differences(state)
+    diff = diffs.get(index)
+    note = ""
+    if diffs and not diff:
+        which = ", ".join(str(i) for i in diffs)
+        note = (f'<div class="mmu-differs" style="margin-top:2px;padding:0 4px;border:2px dashed '
+                f'#CC79A7">≠ under '
+                f'{_e(_changed(state.previous[0], state.label()))}, step{"s" if len(diffs) > 1 else ""}'
+                f' {which} did something else (≠ in the steps list: pick one)</div>')
+    if diff:
+        was = state.previous[0]
+        note = (f'<div class="mmu-differs" style="margin-top:2px;padding:0 4px;border:2px dashed '
+                f'#CC79A7">≠ <b>under {_e(_changed(was, state.label()))}</b>: ' + "; ".join(
+                    f"{_e(name)} was {_e(b)}" for name, b, _n in diff) + "</div>")
+    return (f'<div class="mmu-step" style="{BOX}padding:3px 6px;border:2px solid #0072B2;'
+            f'border-radius:4px;background:#f3f8fc;max-width:100%;overflow:hidden">'
+            f'<div style="font-weight:700">{_e(head)}</div>'
+            + "".join(lines) + note + "</div>")
+
+
+# ---------------------------------------------------------------------------
+# Help that a click opens (no hover needed)
+
+BUTTON_HELP = {
+    "MOV CR3": "guest MOV to CR3 with the address space picked in the CR3 menu "
+               "(no-flush: bit 63 set)",
+    "INVLPG": "guest INVLPG of address 0x1000",
+    "INVPCID": "guest INVPCID of the chosen type, for the picked PCID",
+    "SMI": "a system-management interrupt: the vCPU enters SMM",
+    "RSM": "leave SMM",
+    "KVM_SET_SREGS": "userspace restores the start registers",
+    "INIT": "an INIT signal: registers back to their reset values",
+    "Undo": "replay every step but the last",
+    "Reset": "back to the start state",
+}
+
+
+def help_html(era_name: str) -> str:
+    """What every bit and button does, in a ``<details>`` element a click
+    opens: the same words as the hover texts, so a projector or a touch
+    screen reaches them too."""
+    era = get_era(era_name)
+    rows = "".join(
+        f'<tr><td style="padding:1px 6px;border:1px solid #ccc;font-family:monospace">'
+        f'{reg.upper()}.{name}</td><td style="padding:1px 6px;border:1px solid #ccc">'
+        + "<br>".join(_e(x) for x in bit_tooltip(era, reg, name).split("\n")[1:])
+        + "</td></tr>" for reg, name in BITS)
+    bits = "".join(f"<li><b>{_e(reg.upper())}.{_e(name)}</b>: {_e(BIT_WHAT[name])}</li>"
+                   for reg, name in BITS)
+    buttons = "".join(f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in BUTTON_HELP.items())
+    return (f'<details class="mmu-help" style="{BOX}"><summary style="cursor:pointer">'
+            f"<b>What each bit and button does</b> (click): blue bits are in {_e(era.name)}'s "
+            "MMU role, ✓ marks a bit that is set</summary>"
+            f'<div style="display:flex;flex-wrap:wrap;gap:12px"><ul style="margin:2px 0 2px 18px;'
+            f'padding:0;max-width:36em">{bits}</ul><ul style="margin:2px 0 2px 18px;padding:0;'
+            f'max-width:30em">{buttons}</ul></div><table style="{BOX}border-collapse:collapse">'
+            f'<tr><th>bit</th><th>in {_e(era.name)}, and what the SDM invalidates</th></tr>'
+            f"{rows}</table></details>")
+
+
+# ---------------------------------------------------------------------------
+# The quiz's marks: chosen, right, wrong (icon, word and border, as the roots)
+
+MARK_STYLE = {   # kind: (icon, word, border, background)
+    "chosen": ("▶", "CHOSEN", "3px solid #0072B2", "#ffffff"),
+    "unchosen": ("?", "NOT CHOSEN YET", "1px dotted #777777", "#ffffff"),
+    "right": ("✓", "RIGHT", "3px solid #009E73", "#e8f6f0"),
+    "wrong": ("✗", "WRONG", "3px dashed #D55E00", HATCH),
+    "unanswered": ("?", "NO ANSWER", "2px dotted #777777", "#ffffff"),
+}
+
+
+def mark_html(kind: str, text: str) -> str:
+    """One mark: icon, word and border for ``kind`` (see MARK_STYLE), then text."""
+    icon, word, border, bg = MARK_STYLE[kind]
+    return (f'<span class="mmu-mark" data-mark="{kind}" style="{BOX}display:inline-block;'
+            f'border:{border};background:{bg};padding:1px 6px;margin:1px 0;border-radius:3px">'
+            f'<b>{icon} {word}</b> {_e(text)}</span>')
+
+
+def choice_html(value: str) -> str:
+    """What the student has chosen for one part of a question, before the reveal."""
+    return mark_html("unchosen", "") if value == "?" else mark_html("chosen", value)
+
+
+def feedback_html(rows, score, answer: str) -> str:
+    """After the reveal: per part (what, chosen, the model's) a RIGHT, WRONG
+    or NO ANSWER mark, the score and the model's answer text."""
+    items = []
+    for what, mine, model in rows:
+        kind = "unanswered" if mine == "?" else "right" if mine == model else "wrong"
+        said = "you gave none" if mine == "?" else f"you said {mine}"
+        items.append(f'<div data-part="{_e(what)}">{mark_html(kind, f"{what}: {said}")} '
+                     f"the model says <b>{_e(model)}</b></div>")
+    return (f'<div class="mmu-feedback" style="{BOX}">' + "".join(items)
+            + f'<div style="margin:3px 0"><b>Score: {score[0]} / {score[1]}</b></div>'
+            f'<pre style="{BOX}font-family:monospace;white-space:pre-wrap">{_e(answer)}</pre></div>')
