@@ -7,6 +7,12 @@ from the saved widget state: boxes become flex rows, HTML widgets keep their
 value (the diagrams), buttons, toggles and drop-downs are drawn disabled with
 their values.  Charts are images already.
 
+Nothing on a page is fetched from the network: the pages use an nbconvert
+template of the project's own (tools/handout_template/offline) that is
+nbconvert's lab template without the scripts it loads from a CDN (require.js,
+MathJax, mermaid.js, the widget renderer; the notebooks have no math, and
+their widgets are frozen); styles and images are inline.
+
     ./run handout            # writes handout/index.html and handout/NN-*.html
 """
 from __future__ import annotations
@@ -23,6 +29,12 @@ from nbconvert import HTMLExporter
 ROOT = Path(__file__).resolve().parent.parent
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+TEMPLATES = ROOT / "tools" / "handout_template"
+
+
+def exporter() -> HTMLExporter:
+    """nbconvert's HTML exporter with the offline template (see the docstring)."""
+    return HTMLExporter(template_name="offline", extra_template_basedirs=[str(TEMPLATES)])
 
 
 def _ref(value):
@@ -87,14 +99,14 @@ def freeze_widgets(nb) -> int:
 
 def build(notebooks, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    exporter = HTMLExporter(template_name="lab")
+    export = exporter()
     written = []
     for path in notebooks:
         nb = nbformat.read(path, as_version=4)
         NotebookClient(nb, timeout=600, kernel_name="python3", store_widget_state=True,
                        resources={"metadata": {"path": str(path.parent)}}).execute()
         freeze_widgets(nb)
-        body, _ = exporter.from_notebook_node(nb)
+        body, _ = export.from_notebook_node(nb)
         target = out_dir / f"{path.stem}.html"
         target.write_text(body, encoding="utf-8")
         written.append(target)
