@@ -53,8 +53,19 @@ SERVER = ["--VoilaExecutor.iopub_timeout=60"]
 PROBE = "voila/templates/lab/static/voila.js"
 
 
+# ./run app's landing page: a Voila template of the project's own.
+APP_TEMPLATES = ROOT / "app"
+APP = ["--template=kvm-lab"]
+
+
+def app_env() -> dict:
+    """The environment ./run app serves in: JUPYTER_PATH finds the landing template."""
+    old = os.environ.get("JUPYTER_PATH")
+    return {"JUPYTER_PATH": str(APP_TEMPLATES) + (os.pathsep + old if old else "")}
+
+
 @contextlib.contextmanager
-def voila(notebook="notebooks/lab.ipynb", extra=(), log="voila"):
+def voila(notebook="notebooks/lab.ipynb", extra=(), log="voila", env=None):
     """A Voila server for ``notebook`` on 127.0.0.1; yields its URL.
 
     Its output goes to ``LOGS/<log>.log``, never to a pipe: a pipe that nobody
@@ -68,7 +79,7 @@ def voila(notebook="notebooks/lab.ipynb", extra=(), log="voila"):
     with open(path, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.time() + 60
@@ -152,3 +163,39 @@ def wait_step(page, index, mode="shadow", timeout=15_000):
 
 def pane(page, mode) -> str:
     return page.locator(f".mmu-pane[data-mode={mode}]").inner_text()
+
+
+def summary(page, mode="shadow") -> str:
+    """The lab's one line for ``mode``: what the step freed, reused and flushed."""
+    return page.locator(f".mmu-summary[data-mode={mode}]").inner_text()
+
+
+def pick_step(page, index):
+    """Pick step ``index`` in the lab's list of steps (look back at it)."""
+    page.locator(".widget-select").filter(has_text="steps").locator("select").select_option(
+        value=None, index=index)
+
+
+# What answers a click, per pane: the step's summary line, the status, every
+# root box in the slots and those dropped from them, the requests and flushes.
+# (The dropped roots are there only when a step freed one.)
+ANSWER = (".mmu-step", ".mmu-summary", ".mmu-pane .mmu-status",
+          ".mmu-pane .mmu-slots .mmu-chip", ".mmu-pane .mmu-requests", ".mmu-pane .mmu-flushes")
+OPTIONAL = (".mmu-pane .mmu-dropped .mmu-chip",)
+
+
+def outside_viewport(page) -> list[str]:
+    """The parts of the answer not wholly on screen, with the page unscrolled."""
+    return page.evaluate("""(sels) => {
+        window.scrollTo(0, 0);
+        const h = window.innerHeight, w = window.innerWidth, out = [];
+        for (const [sel, needed] of sels) {
+            const found = document.querySelectorAll(sel);
+            if (needed && !found.length) out.push(sel + ': none');
+            for (const e of found) {
+                const r = e.getBoundingClientRect();
+                if (r.top < 0 || r.bottom > h || r.left < 0 || r.right > w)
+                    out.push(`${sel} ${Math.round(r.top)}..${Math.round(r.bottom)}`);
+            }
+        }
+        return out; }""", [[s, True] for s in ANSWER] + [[s, False] for s in OPTIONAL])
