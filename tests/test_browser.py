@@ -159,11 +159,23 @@ def test_landing_page_puts_the_lab_first_and_the_notebooks_in_order(chromium):
     """./run app's landing page: a title, the lab for the projector first, then every
     notebook in reading order with the README's one line for it; the lab link opens
     the lab."""
+    from urllib.parse import urlparse
     names = sorted(p.stem for p in (B.ROOT / "notebooks").glob("[0-9][0-9]-*.ipynb"))
+    outside = []
+
+    def local_only(route):                   # the landing page fetches nothing elsewhere
+        if urlparse(route.request.url).hostname == "127.0.0.1":
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
     with B.voila("notebooks/", extra=B.APP, log="test-landing", env=B.app_env()) as url:
         p = chromium.new_page(viewport={"width": 1280, "height": 720})
-        p.goto(url, timeout=60_000)
+        p.route("**/*", local_only)
+        p.goto(url, timeout=60_000, wait_until="networkidle")
         p.locator(".kvm-landing").wait_for(timeout=60_000)
+        assert outside == []
+        p.unroute("**/*")
         shot(p, "landing")
         projector_shot(p, "landing-720")
         assert p.locator("h1").inner_text() == "KVM MMU Root Lab"
