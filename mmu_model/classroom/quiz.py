@@ -428,7 +428,7 @@ def main(argv=None, out=None) -> int:
     try:
         scoped = scope(args.era, args.mode, not args.no_nested, args.level)
     except ValueError as err:
-        print(f"quiz: {err}", file=sys.stderr)
+        sys.stderr.write(f"quiz: {err}\n")
         return 2
     qs = generate(args.seed, args.questions, eras=scoped["eras"], modes=scoped["modes"],
                   level=scoped["level"])
