@@ -170,6 +170,13 @@ def summary(page, mode="shadow") -> str:
     return page.locator(f".mmu-summary[data-mode={mode}]").inner_text()
 
 
+def wait_summary(page, index, timeout=15_000):
+    """Wait until the lab's "this step" box names step ``index``."""
+    page.wait_for_function(
+        "(i) => { const s = document.querySelector('.mmu-step');"
+        " return s && s.innerText.includes(`step ${i} `); }", arg=index, timeout=timeout)
+
+
 def pick_step(page, index):
     """Pick step ``index`` in the lab's list of steps (look back at it)."""
     page.locator(".widget-select").filter(has_text="steps").locator("select").select_option(

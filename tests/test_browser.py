@@ -108,6 +108,7 @@ def test_whole_answer_visible_without_scrolling(url, chromium, height):
     page = B.open_lab(chromium, url, height=height)
     B.toggle(page, "WP")
     B.wait_step(page, 0)
+    B.wait_summary(page, 0)
     assert "✕ freed #1 (was current)" in B.summary(page, "shadow")
     assert "→ no VM exit" in B.summary(page, "tdp") and "kept #1" in B.summary(page, "tdp")
     assert B.outside_viewport(page) == []
@@ -116,6 +117,7 @@ def test_whole_answer_visible_without_scrolling(url, chromium, height):
     B.select(page, "CR3", "0x2001 · PCID 1")
     B.button(page, "MOV CR3")
     B.wait_step(page, 1)
+    B.wait_summary(page, 1)
     assert "kept in prev0" in B.summary(page, "shadow")
     assert B.outside_viewport(page) == []
     if height == 720:
@@ -132,7 +134,8 @@ def test_whole_answer_visible_without_scrolling(url, chromium, height):
                            ".includes('looking back')", timeout=15_000)
     assert "destroyed #1" in B.summary(page, "tdp")
     assert "under v6.18" in page.locator(".mmu-step").inner_text()
-    assert "DESTROYED" in B.pane(page, "tdp")
+    page.wait_for_function("() => document.querySelector('.mmu-pane[data-mode=tdp]')"
+                           ".innerText.includes('DESTROYED')", timeout=15_000)
     assert B.outside_viewport(page) == []
     if height == 720:
         projector_shot(page, "lab-720-era-switch-step-0")

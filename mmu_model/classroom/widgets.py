@@ -149,10 +149,10 @@ def lab(era="v6.18", vendor="vmx", vcpus=1, start="long-mode-pcid", tdp_mode="td
         return p.acting.value
 
     def redraw():
+        # The summary first, the panes last: a page (or a test) that waits for
+        # the shadow pane to name the step then has the summary line too.
         sync(vcpu())
         shown = state if p.viewing is None else state.at(p.viewing)
-        p.shadow.value = shadow_pane_html(shown, vcpu())
-        p.tdp.value = tdp_pane_html(shown, vcpu())
         p.summary.value = summary_html(state, vcpu(), p.viewing)
         help_now = help_html(state.era)
         if p.help.value != help_now:
@@ -165,6 +165,8 @@ def lab(era="v6.18", vendor="vmx", vcpus=1, start="long-mode-pcid", tdp_mode="td
                 if labels else None
         finally:
             busy.pop()
+        p.tdp.value = tdp_pane_html(shown, vcpu())
+        p.shadow.value = shadow_pane_html(shown, vcpu())
 
     def act_then_latest(event):
         p.viewing = None
