@@ -123,8 +123,8 @@ def test_whole_answer_visible_without_scrolling(url, chromium, height):
     if height == 720:
         projector_shot(page, "lab-720-pcid-switch")
     B.select(page, "era", "v5.17")
-    page.wait_for_function("() => document.querySelector('.mmu-pane[data-mode=tdp]')"
-                           ".innerText.includes('v5.17')", timeout=15_000)
+    page.wait_for_function("() => document.querySelector('.mmu-pane[data-mode=shadow]')"
+                           ".innerText.includes('v5.17')", timeout=15_000)   # drawn last
     assert "≠" in page.locator(".mmu-step").inner_text()
     assert B.outside_viewport(page) == []
     if height == 720:
@@ -134,8 +134,8 @@ def test_whole_answer_visible_without_scrolling(url, chromium, height):
                            ".includes('looking back')", timeout=15_000)
     assert "destroyed #1" in B.summary(page, "tdp")
     assert "under v6.18" in page.locator(".mmu-step").inner_text()
-    page.wait_for_function("() => document.querySelector('.mmu-pane[data-mode=tdp]')"
-                           ".innerText.includes('DESTROYED')", timeout=15_000)
+    B.wait_step(page, 0)                  # the shadow pane is drawn last
+    assert "DESTROYED" in B.pane(page, "tdp") and "step 0 " in B.status(page, "tdp")
     assert B.outside_viewport(page) == []
     if height == 720:
         projector_shot(page, "lab-720-era-switch-step-0")
