@@ -10,12 +10,11 @@ Pure: no UI library, no print (``main`` writes to the stream it is given).
 """
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 
 from ..harness.render import event_label, step_graph
-from ..harness.scenario import MODES, VENDORS, parse_event
+from ..harness.scenario import MODES, VENDORS, OneLineParser, ScenarioError, parse_event
 from ..harness.sim import Simulation
 from ..kernel.registers import PRESETS
 
@@ -28,6 +27,9 @@ SOURCES = ("same", "cache", "hash", "shared", "preserved", "new", "special")
 CR3S = (0x1000, 0x2001, 0x3002, 0x4003)
 NOFLUSH = 1 << 63
 PREFIX_MAX = 3
+# The most questions one quiz prints (`-n`): they are all built before the first
+# is printed, and 1,000 take about 3 s on the project's machines.
+MAX_QUESTIONS = 1_000
 
 
 def _toggle(reg_op, reg, name):
@@ -203,16 +205,19 @@ def answer_key(questions: list[dict]) -> str:
 
 
 def main(argv=None, out=None) -> int:
-    """``python -m mmu_model quiz -s SEED [-n N] [-c] [--key]``."""
-    ap = argparse.ArgumentParser(prog="python -m mmu_model quiz",
-                                 description="Seeded questions about KVM's MMU roots.")
+    """``python -m mmu_model quiz -s SEED [-n N] [-c] [--key]``; a bad argument
+    is ScenarioError (the command line prints it as one line, exit 2)."""
+    ap = OneLineParser(prog="python -m mmu_model quiz",
+                       description="Seeded questions about KVM's MMU roots.")
     ap.add_argument("-s", "--seed", type=int, default=0, help="the random seed")
-    ap.add_argument("-n", "--questions", type=int, default=3, help="how many questions")
+    ap.add_argument("-n", "--questions", type=int, default=3,
+                    help=f"how many questions (1 to {MAX_QUESTIONS:,})")
     ap.add_argument("-c", "--compute", action="store_true", help="show the answers")
     ap.add_argument("--key", action="store_true", help="a one-line-per-question answer key")
     args = ap.parse_args(argv)
-    if args.questions < 1:
-        ap.error("-n must be at least 1")
+    if not 1 <= args.questions <= MAX_QUESTIONS:      # before any question is built
+        raise ScenarioError("-n", f"expected a number of questions from 1 to {MAX_QUESTIONS:,}, "
+                                  f"got {args.questions}")
     qs = generate(args.seed, args.questions)
     text = answer_key(qs) if args.key else render(qs, args.compute, seed=args.seed)
     (out or sys.stdout).write(text + "\n")
