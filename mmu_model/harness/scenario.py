@@ -22,8 +22,9 @@ from ..kernel.registers import PRESETS, REGISTER_FLAGS
 
 MODES = ("shadow", "tdp", "tdp-legacy", "nested-tdp")
 VENDORS = ("vmx", "svm")
-# Limits, checked before any work starts (README, "The command line"; measured
-# on the project's 2-core machines, see benchmarks/RESULTS.md).
+# Limits, checked before any work starts, each what the project's machines (2
+# shared cores) finish in reasonable time; README, "The command line", states
+# them with the measurements.
 MAX_VCPUS = 64
 MAX_EVENTS = 100_000            # `run --json` of this many: about 30 s and 1.8 GB
 MAX_FILE_BYTES = 16 << 20       # 100,000 events indented take 6.6 MB
@@ -131,11 +132,15 @@ class _DuplicateKeys(dict):
 
 def _pairs(pairs):
     d = dict(pairs)
-    if len(d) != len(pairs):
-        d = _DuplicateKeys(d)
-        seen = set()
-        d.duplicate = next(k for k, _v in pairs if k in seen or seen.add(k))
-    return d
+    if len(d) == len(pairs):
+        return d
+    d = _DuplicateKeys(d)
+    seen = set()
+    for k, _value in pairs:
+        if k in seen:
+            d.duplicate = k
+            return d
+        seen.add(k)
 
 
 def _parse_int(digits: str):
