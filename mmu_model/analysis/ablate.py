@@ -194,8 +194,9 @@ def ablated(era, decision: Decision):
 
 
 ABLATION_MODES = ("shadow", "tdp", "tdp-legacy", "nested-tdp")
-# The most programs per row (`ablate --examples`): the default 1,000 take about
-# 2.7 minutes for v6.18's table on the project's machines, 2,000 about 5.
+# The most programs per row (`ablate --examples`): what the golden ablation
+# tables use (tests/golden.py).  v6.18's table, every mode: 1,000 took 2.7
+# minutes on an idle machine here, 2,000 took 16.6 on a busy one (README).
 MAX_EXAMPLES = 2_000
 
 

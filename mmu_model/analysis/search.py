@@ -31,8 +31,9 @@ NESTED_WEIGHTS = (("switch", 2), ("write_ept", 3), ("invept", 1), ("invvpid", 1)
 EPTPS = (0x5005E, 0x6005E)          # VMX: WB, 4-level, A/D on; two tables
 NCR3S = (0x50000, 0x60000)          # SVM: the same two tables as plain nCR3s
 EPT_FRAMES = (0x200000, 0x200001)
-# The most programs one search runs (`check --examples`): 100,000 take about
-# 3.5 minutes under nested-tdp, the slowest mode, on the project's machines.
+# The most programs one search runs (`check --examples`): under nested-tdp, the
+# slowest mode, 10,000 took 21 s on an idle machine here and 100,000 took 9.4
+# minutes on a busy one (README, "The command line").
 MAX_EXAMPLES = 100_000
 
 

@@ -26,7 +26,7 @@ VENDORS = ("vmx", "svm")
 # shared cores) finish in reasonable time; README, "The command line", states
 # them with the measurements.
 MAX_VCPUS = 64
-MAX_EVENTS = 100_000            # `run --json` of this many: about 30 s and 1.8 GB
+MAX_EVENTS = 100_000            # `run --json` of this many: 30 s and 1.8 GB (idle)
 MAX_FILE_BYTES = 16 << 20       # 100,000 events indented take 6.6 MB
 MAX_JSON_DEPTH = 100            # a scenario needs 4; reported when the parser gives up
 
