@@ -18,6 +18,11 @@ layers, each a subpackage that imports only the layers below it:
 * :mod:`.cli` - ``python -m mmu_model``.
 
 ``tests/test_layers.py`` checks that imports run this way and never in a circle.
+
+Bad input - a scenario file or document, an argument of :class:`Simulation`,
+an event, a search's arguments - raises :class:`ScenarioError` (a
+``ValueError``), whose message is one line naming where and what; the command
+line prints it and exits 2 (docs/contract.md, "Errors").
 """
 from .analysis.ablate import NO_PCIDE_UNLOAD
 from .eras import DEFAULT_ERA, Era, all_eras, get_era, register_era

@@ -1,23 +1,34 @@
 """The command line: ``python -m mmu_model run|compare|check|ablate|review|quiz|eras``.
 
-Invalid input exits 2 with one line naming the file and the JSON path;
-a guest fault is a result, not an error.
+Invalid input of any kind (a scenario, an argument, a --variants file that
+fails) exits 2 with one line on stderr naming what is wrong and where, and
+nothing on stdout; a guest fault is a result, not an error.  Work is bounded:
+the limits (MAX_EVENTS, MAX_EXAMPLES, ...) are checked before it starts.
 """
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import sys
 
 from .eras import DEFAULT_ERA, all_eras, get_era
 from .harness.render import eras_table, step_graph, step_table
-from .harness.scenario import MODES, VENDORS, ScenarioError, load_scenario
+from .harness.scenario import (
+    MAX_EVENTS,
+    MODES,
+    VENDORS,
+    OneLineParser,
+    ScenarioError,
+    load_scenario,
+    one_line,
+    read_bytes,
+)
 from .harness.sim import run_scenario
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mmu_model",
-                                description="Model of KVM x86 MMU root management, per kernel era.")
+def _parser() -> OneLineParser:
+    p = OneLineParser(prog="python -m mmu_model",
+                      description="Model of KVM x86 MMU root management, per kernel era.")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a scenario file and print its outcome")
     run.add_argument("scenario", help="a scenario JSON file (see docs/contract.md)")
@@ -82,18 +93,62 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str) -> int:
-    print(message, file=sys.stderr)
+    print(one_line(message)[:2000], file=sys.stderr)
     return 2
+
+
+_VARIANT_FILES: dict[str, str] = {}     # absolute path -> as given, for errors at run time
 
 
 def load_variants(paths) -> str | None:
     """Run each variants file (it calls register_era); an error message or None."""
     import runpy
     for path in paths:
+        try:                            # a FIFO or a device would block or never end
+            read_bytes(path)
+        except ScenarioError as err:
+            return f"--variants {path}: {err.message}"
+        _VARIANT_FILES[os.path.abspath(path)] = path
         try:
             runpy.run_path(path)
-        except Exception as err:        # the file is user code: report, never a traceback
-            return f"--variants {path}: {type(err).__name__}: {err}"
+        except BaseException as err:    # user code, even sys.exit(): report, never a traceback
+            return _variant_error(err, path, "the file")
+    return None
+
+
+def _variant_error(err: BaseException, path: str, who: str) -> str:
+    """One line for an exception (or sys.exit) out of a --variants file."""
+    where = ""
+    for frame, line in _tb_frames(err):
+        if os.path.abspath(frame.f_code.co_filename) == os.path.abspath(path):
+            where = f" (line {line}, in {frame.f_code.co_name})"
+    if isinstance(err, SystemExit):
+        what = f"called sys.exit({err.code!r})"
+    else:
+        what = f"raised {type(err).__name__}" + (f": {err}" if str(err) else "")
+    return f"--variants {path}: {who} {what}{where}"
+
+
+def _tb_frames(err):
+    tb = err.__traceback__
+    while tb is not None:
+        yield tb.tb_frame, tb.tb_lineno
+        tb = tb.tb_next
+
+
+def _from_variant(err: BaseException, command: str) -> str | None:
+    """The error line if ``err`` came out of a loaded --variants file (its
+    override raised, or called sys.exit, while the model ran), else None."""
+    step = None
+    for frame, _line in _tb_frames(err):
+        me = frame.f_locals.get("self")
+        if frame.f_code.co_name == "step" and hasattr(me, "steps_run") and hasattr(me, "kvm"):
+            step = me.steps_run
+    for frame, _line in reversed(list(_tb_frames(err))):
+        path = _VARIANT_FILES.get(os.path.abspath(frame.f_code.co_filename))
+        if path is not None:
+            at = f" at events[{step}]" if step is not None and command in ("run", "compare") else ""
+            return _variant_error(err, path, "the variant") + at
     return None
 
 
@@ -149,6 +204,10 @@ def cmd_compare(args) -> int:
         return _fail(err)
     runs = [(e, m, v) for e in args.era for m in (args.mode or [scenario.mode])
             for v in (args.vendor or [scenario.vendor])]
+    if len(runs) * len(scenario.events) > MAX_EVENTS:
+        return _fail(f"{args.scenario}: events: {len(scenario.events):,} events x {len(runs)} "
+                     f"runs is {len(runs) * len(scenario.events):,} steps; compare runs at "
+                     f"most {MAX_EVENTS:,}")
     try:
         doc = compare(scenario, runs)
     except ScenarioError as err:
@@ -157,13 +216,15 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def _positive(n, flag):
-    return None if n > 0 else f"{flag}: expected a positive number, got {n}"
+def _in_range(n, flag, most, why=""):
+    if 1 <= n <= most:
+        return None
+    return f"{flag}: expected a number from 1 to {most:,}{why}, got {n}"
 
 
 def cmd_check(args) -> int:
-    from .analysis.search import find_violation, reproduction
-    err = (load_variants(args.variants) or _positive(args.examples, "--examples")
+    from .analysis.search import MAX_EXAMPLES, find_violation, reproduction
+    err = (_in_range(args.examples, "--examples", MAX_EXAMPLES) or load_variants(args.variants)
            or _unknown_era([args.era]) or _unknown_era([args.baseline] if args.baseline else [],
                                                        "--baseline"))
     if err:
@@ -179,8 +240,8 @@ def cmd_check(args) -> int:
 
 
 def cmd_ablate(args) -> int:
-    from .analysis.ablate import ABLATION_MODES, DECISIONS, ablation_table, ablation_text
-    err = _positive(args.examples, "--examples") or _unknown_era([args.era])
+    from .analysis.ablate import ABLATION_MODES, DECISIONS, MAX_EXAMPLES, ablation_table, ablation_text
+    err = _in_range(args.examples, "--examples", MAX_EXAMPLES) or _unknown_era([args.era])
     if err:
         return _fail(err)
     if args.era not in DECISIONS:
@@ -194,7 +255,11 @@ def cmd_ablate(args) -> int:
 def cmd_review(args) -> int:
     from .analysis.patch import MODES as REVIEW_MODES
     from .analysis.patch import review, review_text
-    err = (load_variants(args.variants) or _positive(args.examples, "--examples")
+    from .analysis.search import MAX_EXAMPLES
+    searches = 2 * len(args.mode or REVIEW_MODES)   # each mode, for the variant and its base
+    err = (_in_range(args.examples, "--examples", MAX_EXAMPLES // searches,
+                     f" ({searches} searches of at most {MAX_EXAMPLES:,} programs in all)")
+           or load_variants(args.variants)
            or _unknown_era([args.era]) or _unknown_era([args.baseline] if args.baseline else [],
                                                        "--baseline"))
     if err:
@@ -218,11 +283,37 @@ def cmd_probe(args) -> int:
     return probe_main(args)
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+def _main(argv) -> int:
     if argv[:1] == ["quiz"]:                 # the quiz has its own OSTEP-style flags
         from .classroom.quiz import main as quiz_main
         return quiz_main(argv[1:])
     args = _parser().parse_args(argv)
     return {"run": cmd_run, "compare": cmd_compare, "check": cmd_check, "ablate": cmd_ablate,
             "review": cmd_review, "eras": cmd_eras, "probe": cmd_probe}[args.command](args)
+
+
+def main(argv=None) -> int:
+    """``python -m mmu_model ...``; the exit status.  Bad input is one line on
+    stderr and 2, whatever raised it; a reader that goes away (``| head``)
+    ends the command quietly with 141, as SIGPIPE ends a Unix filter."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        status = _main(argv)
+        sys.stdout.flush()
+        return status
+    except ScenarioError as err:            # argument errors (the parser's) and the API's
+        return _fail(str(err))
+    except BrokenPipeError:
+        try:                                # the interpreter's last flush must not fail too
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 141
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        return 130
+    except BaseException as err:            # only a --variants file's is ours: others re-raise
+        line = _from_variant(err, argv[0] if argv else "")
+        if line is None:
+            raise
+        return _fail(line)

@@ -97,10 +97,10 @@ def test_bad_scope_is_one_line_exit_2(capsys):
     """An unknown era, or --no-nested with only nested-tdp: one line, exit 2, no stdout."""
     for argv, what in ((["--era", "v9.9"], "--era: unknown era 'v9.9'"),
                        (["--mode", "nested-tdp", "--no-nested"], "--no-nested: no mode is left")):
-        out = io.StringIO()
-        assert quiz.main(argv, out=out) == 2
-        err = capsys.readouterr().err
-        assert out.getvalue() == "" and err.count("\n") == 1 and what in err
+        from mmu_model.cli import main
+        assert main(["quiz", *argv]) == 2
+        cap = capsys.readouterr()
+        assert cap.out == "" and cap.err.count("\n") == 1 and what in cap.err
 
 
 def test_every_answer_ends_with_why_naming_the_deciding_function():

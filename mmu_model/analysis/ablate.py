@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable
 
+from ..harness.scenario import ScenarioError, show
 from ..kernel.registers import (
     EFER_LME,
     EFER_NX,
@@ -193,14 +194,22 @@ def ablated(era, decision: Decision):
 
 
 ABLATION_MODES = ("shadow", "tdp", "tdp-legacy", "nested-tdp")
+# The most programs per row (`ablate --examples`): what the golden ablation
+# tables use (tests/golden.py).  v6.18's table, every mode: 1,000 took 2.7
+# minutes on an idle machine here, 2,000 took 16.6 on a busy one (README).
+MAX_EXAMPLES = 2_000
 
 
 def ablation_table(era, modes=ABLATION_MODES, vendor="vmx", examples=300,
                    decisions=None) -> list[dict]:
     """One row per (decision, mode): whether the search finds a violation."""
-    from ..eras import get_era
-    from .search import find_violation
-    era_obj = get_era(era) if isinstance(era, str) else era
+    from ..harness.sim import era_argument
+    from .search import check_search, find_violation
+    era_obj = era_argument(era)
+    if isinstance(modes, str) or not modes:
+        raise ScenarioError("modes", f"expected a list of modes, got {show(modes, True)}")
+    for mode in modes:
+        check_search(mode, vendor, examples, MAX_EXAMPLES)
     rows = []
     for d in decisions or DECISIONS.get(era_obj.name, V6_DECISIONS):
         variant = ablated(era_obj, d)

@@ -16,9 +16,9 @@ from __future__ import annotations
 import random
 
 from ..arch.guest import DEFAULT_ADDRS, KERNEL_A, PTE_P, pte
-from ..eras import get_era, with_flush_on_reuse
-from ..harness.scenario import parse_event
-from ..harness.sim import Simulation
+from ..eras import with_flush_on_reuse
+from ..harness.scenario import MODES, VENDORS, ScenarioError, check_choice, parse_event, show
+from ..harness.sim import Simulation, era_argument
 from ..kernel.registers import PRESETS, X86_CR4_PCIDE
 
 SPACES = (0x1000, 0x2000, 0x3000)
@@ -31,6 +31,10 @@ NESTED_WEIGHTS = (("switch", 2), ("write_ept", 3), ("invept", 1), ("invvpid", 1)
 EPTPS = (0x5005E, 0x6005E)          # VMX: WB, 4-level, A/D on; two tables
 NCR3S = (0x50000, 0x60000)          # SVM: the same two tables as plain nCR3s
 EPT_FRAMES = (0x200000, 0x200001)
+# The most programs one search runs (`check --examples`): under nested-tdp, the
+# slowest mode, 10,000 took 21 s on an idle machine here and 100,000 took 9.4
+# minutes on a busy one (README, "The command line").
+MAX_EXAMPLES = 100_000
 
 
 def _choose(rng, sim, kinds=WEIGHTS, cr4_bits=("PCIDE", "PGE", "PAE", "SMEP")) -> dict:
@@ -178,10 +182,11 @@ def find_violation(era, mode, vendor="vmx", examples=1000, length=30, seed=0,
     force_flush_and_sync_on_reuse=1 (see docs/findings.md).  With
     ``baseline`` (an era), only violations that the baseline does not show on
     the same program count."""
-    era_obj = get_era(era) if isinstance(era, str) else era
+    era_obj = era_argument(era)
+    check_search(mode, vendor, examples, MAX_EXAMPLES)
     if flush_on_reuse:
         era_obj = with_flush_on_reuse(era_obj)
-    base = get_era(baseline) if isinstance(baseline, str) else baseline
+    base = era_argument(baseline, "baseline") if baseline is not None else None
     rng = random.Random(f"{era_obj.name}/{mode}/{vendor}/{seed}")
     for n in range(1, examples + 1):
         start, events, found = random_program(era_obj, mode, vendor, rng, length)
@@ -193,6 +198,15 @@ def find_violation(era, mode, vendor="vmx", examples=1000, length=30, seed=0,
         small = shrink(era_obj, mode, vendor, start, events, base)
         return (start, small, run_program(era_obj, mode, vendor, start, small)), n
     return None, examples
+
+
+def check_search(mode, vendor, examples, most):
+    """ScenarioError unless a search's arguments are ones it can run."""
+    check_choice(mode, MODES, "mode", python=True)
+    check_choice(vendor, VENDORS, "vendor", python=True)
+    if isinstance(examples, bool) or not isinstance(examples, int) or not 1 <= examples <= most:
+        raise ScenarioError("examples", f"expected a number of programs from 1 to {most:,}, "
+                                        f"got {show(examples, True)}")
 
 
 def reproduction(era, mode, vendor, found) -> dict:

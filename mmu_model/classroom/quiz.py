@@ -10,12 +10,11 @@ Pure: no UI library, no print (``main`` writes to the stream it is given).
 """
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 
 from ..harness.render import event_label, step_graph
-from ..harness.scenario import MODES, VENDORS, parse_event
+from ..harness.scenario import MODES, VENDORS, OneLineParser, ScenarioError, parse_event
 from ..harness.sim import Simulation
 from ..kernel.registers import PRESETS
 
@@ -28,6 +27,9 @@ SOURCES = ("same", "cache", "hash", "shared", "preserved", "new", "special")
 CR3S = (0x1000, 0x2001, 0x3002, 0x4003)
 NOFLUSH = 1 << 63
 PREFIX_MAX = 3
+# The most questions one quiz prints (`-n`): they are all built before the first
+# is printed, and 1,000 take about 3 s on the project's machines.
+MAX_QUESTIONS = 1_000
 
 
 def _toggle(reg_op, reg, name):
@@ -414,22 +416,25 @@ def add_scope_flags(ap) -> None:
 
 def main(argv=None, out=None) -> int:
     """``python -m mmu_model quiz -s SEED [-n N] [-c] [--key] [--era E] [--mode M]
-    [--no-nested] [--level 1|2|3]``."""
-    ap = argparse.ArgumentParser(prog="python -m mmu_model quiz",
-                                 description="Seeded questions about KVM's MMU roots.")
+    [--no-nested] [--level 1|2|3]``; a bad argument is ScenarioError (the command
+    line prints it as one line, exit 2)."""
+    ap = OneLineParser(prog="python -m mmu_model quiz",
+                       description="Seeded questions about KVM's MMU roots.")
     ap.add_argument("-s", "--seed", type=int, default=0, help="the random seed")
-    ap.add_argument("-n", "--questions", type=int, default=3, help="how many questions")
+    ap.add_argument("-n", "--questions", type=int, default=3,
+                    help=f"how many questions (1 to {MAX_QUESTIONS:,})")
     ap.add_argument("-c", "--compute", action="store_true", help="show the answers")
     ap.add_argument("--key", action="store_true", help="a one-line-per-question answer key")
     add_scope_flags(ap)
     args = ap.parse_args(argv)
-    if args.questions < 1:
-        ap.error("-n must be at least 1")
+    if not 1 <= args.questions <= MAX_QUESTIONS:      # before any question is built
+        raise ScenarioError("-n", f"expected a number of questions from 1 to {MAX_QUESTIONS:,}, "
+                                  f"got {args.questions}")
     try:
         scoped = scope(args.era, args.mode, not args.no_nested, args.level)
     except ValueError as err:
-        sys.stderr.write(f"quiz: {err}\n")
-        return 2
+        where, _, what = str(err).partition(": ")
+        raise ScenarioError(where, what) from None
     qs = generate(args.seed, args.questions, eras=scoped["eras"], modes=scoped["modes"],
                   level=scoped["level"])
     text = answer_key(qs) if args.key else render(qs, args.compute, seed=args.seed,

@@ -6,7 +6,12 @@ of events.  Parsing never raises anything but :class:`ScenarioError`.
 """
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import re
+import reprlib
+import stat
 from dataclasses import dataclass, field
 from importlib.resources import files
 from importlib.resources.abc import Traversable
@@ -17,8 +22,13 @@ from ..kernel.registers import PRESETS, REGISTER_FLAGS
 
 MODES = ("shadow", "tdp", "tdp-legacy", "nested-tdp")
 VENDORS = ("vmx", "svm")
+# Limits, checked before any work starts, each what the project's machines (2
+# shared cores) finish in reasonable time; README, "The command line", states
+# them with the measurements.
 MAX_VCPUS = 64
-MAX_EVENTS = 1_000_000
+MAX_EVENTS = 100_000            # `run --json` of this many: 30 s and 1.8 GB (idle)
+MAX_FILE_BYTES = 16 << 20       # 100,000 events indented take 6.6 MB
+MAX_JSON_DEPTH = 100            # a scenario needs 4; reported when the parser gives up
 
 # op -> (required fields, optional fields)
 OPS = {
@@ -46,12 +56,95 @@ REG_OF_OP = {"mov_cr0": "cr0", "mov_cr4": "cr4", "wrmsr_efer": "efer"}
 
 
 class ScenarioError(ValueError):
-    """Invalid input: ``path`` is the JSON path of the offending value."""
+    """Invalid input: ``path`` says where (a JSON path, an argument, ``$`` for
+    the whole file) and ``message`` what is wrong; ``str()`` is one printable
+    line, ``"path: message"``.  It is the only exception bad input raises, from
+    the scenario parser, :class:`~mmu_model.Simulation`, the analyses' entry
+    points and the command line (which prints it and exits 2)."""
 
     def __init__(self, path: str, message: str):
+        path, message = one_line(str(path)), one_line(str(message))
         super().__init__(f"{path}: {message}")
         self.path = path
         self.message = message
+
+
+def one_line(text: str) -> str:
+    """``text`` with every unprintable character (newline, escape, a lone
+    surrogate...) written as its backslash escape: an error stays one line and
+    cannot drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse for the project's commands: a usage error is ScenarioError
+    (``prog: --flag: what``), which the command line prints as one line and
+    exits 2, instead of argparse's usage block."""
+
+    def error(self, message):
+        where, what = self.prog, message
+        m = re.fullmatch(r"argument ([^:]+): (.*)", message, re.S)
+        if m:
+            where, what = f"{self.prog}: {m.group(1)}", m.group(2)
+            choice = re.fullmatch(r"invalid choice: (.*) \(choose from (.*)\)", what, re.S)
+            if choice:
+                options = ", ".join(o.strip(" '") for o in choice.group(2).split(","))
+                what = f"invalid choice {choice.group(1)} (choose from {options})"
+        raise ScenarioError(where, _bounded(what))
+
+
+def _bounded(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 60
+_repr.maxlist = _repr.maxdict = 4
+_repr.maxlevel = 3
+
+
+def show(value: Any, python: bool = False) -> str:
+    """A bounded repr of input for an error message (a 1 MB string or a list
+    nested 900 deep stays a few dozen characters); true, null and NaN as a
+    JSON file writes them unless ``python`` (an argument of the Python API)."""
+    if not python and (isinstance(value, (bool, float)) or value is None):
+        return json.dumps(value)
+    return _repr.repr(value)
+
+
+class _LongInt:
+    """An integer literal too long to convert (Python refuses more than 4300
+    digits); validation reports it where it stands."""
+
+    def __init__(self, digits: str):
+        self.digits = len(digits.lstrip("-"))
+
+    def __repr__(self):
+        return f"<an integer of {self.digits} digits>"
+
+
+class _DuplicateKeys(dict):
+    """A JSON object that gave a key more than once (``duplicate`` names it)."""
+    duplicate: str = ""
+
+
+def _pairs(pairs):
+    d = dict(pairs)
+    if len(d) == len(pairs):
+        return d
+    d = _DuplicateKeys(d)
+    seen = set()
+    for k, _value in pairs:
+        if k in seen:
+            d.duplicate = k
+            return d
+        seen.add(k)
+
+
+def _parse_int(digits: str):
+    return int(digits) if len(digits) <= 100 else _LongInt(digits)
 
 
 @dataclass
@@ -96,21 +189,33 @@ def event_to_json(e: dict) -> dict:
     return out
 
 
+# The number strings a scenario may use: ASCII digits and letters only (no
+# sign, space, underscore or other script's digits, all of which int() takes).
+_NUMBER = re.compile(r"[0-9A-Za-z]+", re.ASCII)
+
+
 def _int(value: Any, path: str, bits: int = 64) -> int:
-    if isinstance(value, bool):
-        raise ScenarioError(path, f"expected an integer or hex string, got {json.dumps(value)}")
+    if isinstance(value, _LongInt):
+        raise ScenarioError(path, f"an integer of {value.digits} digits does not fit in {bits} "
+                                  "unsigned bits")
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ScenarioError(path, f"expected an integer or hex string, got {show(value)}")
     if isinstance(value, int):
         n = value
-    elif isinstance(value, str):
+    else:
         try:
+            if not _NUMBER.fullmatch(value):
+                raise ValueError
             n = int(value, 0)
         except ValueError:
-            raise ScenarioError(path, f"not a number: {value!r} "
-                                      "(use an integer or a string like \"0x1000\")") from None
-    else:
-        raise ScenarioError(path, f"expected an integer or hex string, got {json.dumps(value)}")
+            if value.isascii() and value.isdigit() and len(value) > 100:
+                raise ScenarioError(path, f"a number of {len(value)} digits does not fit in "
+                                          f"{bits} unsigned bits") from None
+            raise ScenarioError(path, f"not a number: {show(value)} (use an integer or an "
+                                      "ASCII string like \"0x1000\": no sign, space or "
+                                      "underscore)") from None
     if n < 0 or n >> bits:
-        raise ScenarioError(path, f"{value!r} does not fit in {bits} unsigned bits")
+        raise ScenarioError(path, f"{show(value)} does not fit in {bits} unsigned bits")
     return n
 
 
@@ -121,17 +226,27 @@ def _bits(value: Any, reg: str, path: str) -> int:
     out = 0
     for i, name in enumerate(value):
         if not isinstance(name, str) or name not in flags.__members__:
-            raise ScenarioError(f"{path}[{i}]", f"unknown {reg.upper()} bit {name!r} "
+            raise ScenarioError(f"{path}[{i}]", f"unknown {reg.upper()} bit {show(name)} "
                                 f"(expected one of: {' '.join(flags.__members__)})")
         out |= int(flags[name])
     return out
 
 
 def _check_keys(obj: dict, allowed, path: str):
+    dup = getattr(obj, "duplicate", None)
+    if dup is not None:
+        raise ScenarioError(_field(path, dup), f"duplicate key {show(dup)}: the object gives "
+                                               "it more than once")
     for k in obj:
         if k not in allowed:
-            raise ScenarioError(f"{path}.{k}" if path else k,
-                                f"unknown field {k!r} (expected one of: {', '.join(allowed)})")
+            raise ScenarioError(_field(path, k),
+                                f"unknown field {show(k)} (expected one of: {', '.join(allowed)})")
+
+
+def _field(path: str, key) -> str:
+    """The JSON path of ``key`` in the object at ``path``."""
+    key = key if isinstance(key, str) and len(key) <= 60 else show(key)
+    return f"{path}.{key}" if path else key
 
 
 def parse_event(raw: Any, path: str, vcpus: int) -> dict:
@@ -139,8 +254,9 @@ def parse_event(raw: Any, path: str, vcpus: int) -> dict:
     if not isinstance(raw, dict):
         raise ScenarioError(path, "expected an object with an \"op\" field")
     op = raw.get("op")
-    if op not in OPS:
-        raise ScenarioError(f"{path}.op", f"unknown op {op!r} (expected one of: {', '.join(OPS)})")
+    if not isinstance(op, str) or op not in OPS:
+        what = f"unknown op {show(op)}" if "op" in raw else "missing: every event needs an op"
+        raise ScenarioError(f"{path}.op", f"{what} (expected one of: {', '.join(OPS)})")
     required, optional = OPS[op]
     _check_keys(raw, ("op", "vcpu", *required, *optional), path)
     for k in required:
@@ -149,8 +265,11 @@ def parse_event(raw: Any, path: str, vcpus: int) -> dict:
     ev = {"op": op, "vcpu": 0}
     if "vcpu" in raw:
         v = raw["vcpu"]
-        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < vcpus:
-            raise ScenarioError(f"{path}.vcpu", f"vCPU {v!r} does not exist (the scenario has {vcpus})")
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ScenarioError(f"{path}.vcpu", f"expected a vCPU index (an integer), got {show(v)}")
+        if not 0 <= v < vcpus:
+            raise ScenarioError(f"{path}.vcpu", f"vCPU {show(v)} does not exist (the scenario has "
+                                f"{vcpus})")
         ev["vcpu"] = v
     reg = REG_OF_OP.get(op)
     if reg:
@@ -211,7 +330,8 @@ def parse_event(raw: Any, path: str, vcpus: int) -> dict:
 def parse_start(raw: Any) -> tuple[dict, str | None]:
     if isinstance(raw, str):
         if raw not in PRESETS:
-            raise ScenarioError("start", f"unknown preset {raw!r} (expected one of: {', '.join(PRESETS)})")
+            raise ScenarioError("start", f"unknown preset {show(raw)} "
+                                         f"(expected one of: {', '.join(PRESETS)})")
         p = PRESETS[raw]
         return {"cr0": p.cr0, "cr3": p.cr3, "cr4": p.cr4, "efer": p.efer}, raw
     if not isinstance(raw, dict):
@@ -223,6 +343,25 @@ def parse_start(raw: Any) -> tuple[dict, str | None]:
         if k in raw:
             start[k] = _int(raw[k], f"start.{k}")
     return start, None
+
+
+def check_choice(value: Any, choices, path: str, python: bool = False):
+    """ScenarioError unless ``value`` is one of the strings ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ScenarioError(path, f"unknown {path} {show(value, python)} "
+                                  f"(expected one of: {', '.join(choices)})")
+
+
+def _check_text(name, desc, story, era, links):
+    """Strings a table prints must be text: JSON's \\ud800 escapes give lone
+    surrogates, which no terminal encoding can write."""
+    fields = [("name", name), ("description", desc), ("story", story), ("era", era or "")]
+    for where, text in fields + [(f"links[{i}]", x) for i, x in enumerate(links)]:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ScenarioError(where, f"not text: a lone surrogate {show(text[err.start])} at "
+                                       f"character {err.start}") from None
 
 
 def parse_scenario(data: Any, default_name: str = "scenario") -> Scenario:
@@ -238,14 +377,12 @@ def parse_scenario(data: Any, default_name: str = "scenario") -> Scenario:
     if not isinstance(desc, str):
         raise ScenarioError("description", "expected a string")
     mode = data.get("mode", "shadow")
-    if mode not in MODES:
-        raise ScenarioError("mode", f"unknown mode {mode!r} (expected one of: {', '.join(MODES)})")
+    check_choice(mode, MODES, "mode")
     vendor = data.get("vendor", "vmx")
-    if vendor not in VENDORS:
-        raise ScenarioError("vendor", f"unknown vendor {vendor!r} (expected one of: {', '.join(VENDORS)})")
+    check_choice(vendor, VENDORS, "vendor")
     vcpus = data.get("vcpus", 1)
     if isinstance(vcpus, bool) or not isinstance(vcpus, int) or not 1 <= vcpus <= MAX_VCPUS:
-        raise ScenarioError("vcpus", f"expected an integer from 1 to {MAX_VCPUS}")
+        raise ScenarioError("vcpus", f"expected an integer from 1 to {MAX_VCPUS}, got {show(vcpus)}")
     story = data.get("story", "")
     if not isinstance(story, str):
         raise ScenarioError("story", "expected a string")
@@ -260,7 +397,9 @@ def parse_scenario(data: Any, default_name: str = "scenario") -> Scenario:
     if not isinstance(events, list):
         raise ScenarioError("events", "expected a list of events")
     if len(events) > MAX_EVENTS:
-        raise ScenarioError("events", f"at most {MAX_EVENTS} events")
+        raise ScenarioError("events", f"{len(events):,} events; a scenario has at most "
+                                      f"{MAX_EVENTS:,}")
+    _check_text(name, desc, story, era, links)
     parsed = [parse_event(e, f"events[{i}]", vcpus) for i, e in enumerate(events)]
     for i, ev in enumerate(parsed):
         if ev["op"] in NESTED_OPS and mode != "nested-tdp":
@@ -302,13 +441,82 @@ def load_scenario(path: str | Path) -> Scenario:
     ``history/grsecurity-wp``) when no such file exists."""
     p = Path(path)
     entry = None if p.exists() else _library_file(str(path))
+    text = decode(entry.read_bytes()) if entry is not None else read_text(p)
+    return parse_scenario(parse_json(text), default_name=p.stem)
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISSOCK, "a socket"))
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """The bytes of a regular file of at most MAX_FILE_BYTES; ScenarioError
+    otherwise (a FIFO would block for ever, a device might never end)."""
     try:
-        text = entry.read_text() if entry is not None else p.read_text()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as err:
         raise ScenarioError("$", f"cannot read the file: {err.strerror}") from None
+    except ValueError:
+        raise ScenarioError("$", "cannot read the file: its name contains a NUL byte") from None
     try:
-        data = json.loads(text)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a file")
+            raise ScenarioError("$", f"not a regular file ({kind})")
+        if st.st_size > MAX_FILE_BYTES:
+            raise ScenarioError("$", f"the file has {st.st_size:,} bytes; at most "
+                                     f"{MAX_FILE_BYTES:,} are read")
+        data = b""
+        while len(data) <= MAX_FILE_BYTES:
+            chunk = os.read(fd, MAX_FILE_BYTES + 1 - len(data))
+            if not chunk:
+                return data
+            data += chunk
+        raise ScenarioError("$", f"the file grew past {MAX_FILE_BYTES:,} bytes while it was read")
+    except OSError as err:
+        raise ScenarioError("$", f"cannot read the file: {err.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def read_text(path: str | Path) -> str:
+    """The text of a scenario file: read_bytes(), in UTF-8."""
+    return decode(read_bytes(path))
+
+
+def decode(data: bytes) -> str:
+    """A scenario file's bytes as text; ScenarioError unless they are UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - data.rfind(b"\n", 0, err.start)
+        raise ScenarioError("$", f"not UTF-8: byte {data[err.start]:#04x} at line {line} column "
+                                 f"{column} (a scenario file is UTF-8 text)") from None
+
+
+def parse_json(text: str) -> Any:
+    """Decode a scenario's JSON; a key given twice is marked for validation to
+    report, an integer literal too long to convert stays a marker, and nesting
+    past the parser's depth is ScenarioError."""
+    try:
+        return json.loads(text, object_pairs_hook=_pairs, parse_int=_parse_int)
     except json.JSONDecodeError as err:
         raise ScenarioError("$", f"not valid JSON: {err.msg} at line {err.lineno} "
                                  f"column {err.colno}") from None
-    return parse_scenario(data, default_name=p.stem)
+    except RecursionError:
+        raise ScenarioError("$", _too_deep(text)) from None
+
+
+def _too_deep(text: str) -> str:
+    blank = re.sub(r'"(?:[^"\\]|\\.)*"', lambda m: "_" * len(m.group()), text)
+    depth = 0
+    for m in re.finditer(r"[\[\]{}]", blank):
+        depth += 1 if m.group() in "[{" else -1
+        if depth > MAX_JSON_DEPTH:
+            at = m.start()
+            line, column = text.count("\n", 0, at) + 1, at - text.rfind("\n", 0, at)
+            return (f"arrays and objects nested more than {MAX_JSON_DEPTH} deep at line {line} "
+                    f"column {column} (a scenario nests at most 4 deep)")
+    return "arrays and objects nested too deeply to parse (a scenario nests at most 4 deep)"

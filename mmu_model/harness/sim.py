@@ -15,7 +15,18 @@ from ..kernel.mmu import is_noncanonical_address
 from ..kernel.registers import PRESETS, X86_CR0_PG, X86_CR3_PCID_NOFLUSH, X86_CR4_PCIDE, X86_FEATURE
 from ..kernel.trace import Trace
 from .outcome import add_to_totals, empty_totals, step_outcome
-from .scenario import NESTED_OPS, Scenario, ScenarioError, parse_event, parse_start
+from .scenario import (
+    MAX_VCPUS,
+    MODES,
+    NESTED_OPS,
+    VENDORS,
+    Scenario,
+    ScenarioError,
+    check_choice,
+    parse_event,
+    parse_start,
+    show,
+)
 
 
 class Simulation:
@@ -24,7 +35,8 @@ class Simulation:
     def __init__(self, era: Era | str = DEFAULT_ERA, mode: str = "shadow", vendor: str = "vmx",
                  vcpus: int = 1, start: dict | str | None = None, trace: bool = True,
                  record: bool = True, check: bool = True):
-        self.era = get_era(era) if isinstance(era, str) else era
+        era, start = _check_arguments(era, mode, vendor, vcpus, start)
+        self.era = era
         self.mode = mode
         self.vendor = vendor
         self.trace = Trace() if trace else None
@@ -33,8 +45,6 @@ class Simulation:
         self.outcomes: list[dict] = []
         self.steps_run = 0
         self._totals = empty_totals()
-        if start is None or isinstance(start, str):
-            start = parse_start(start or "reset")[0]
         for _ in range(vcpus):
             self._bring_up(self.kvm.add_vcpu(), start)
         self.kvm.step = StepLog()
@@ -74,7 +84,11 @@ class Simulation:
     def step(self, ev: dict) -> dict:
         """Apply one normalised event (see scenario.parse_event); return its outcome."""
         kvm = self.kvm
-        vcpu = kvm.vcpus[ev.get("vcpu", 0)]
+        index = ev.get("vcpu", 0)
+        if type(index) is not int or not 0 <= index < len(kvm.vcpus):   # not -1: the last
+            raise ScenarioError("vcpu", f"vCPU {show(index, True)} does not exist (the simulation "
+                                        f"has {len(kvm.vcpus)})")
+        vcpu = kvm.vcpus[index]
         kvm.step = log = StepLog(self.steps_run)
         before = {**vcpu.regs(), "guest_mode": vcpu.guest_mode} if self.check else None
         if self.check:
@@ -116,6 +130,30 @@ class Simulation:
 
     def totals(self) -> dict:
         return dict(self._totals)
+
+
+def era_argument(era, where: str = "era") -> Era:
+    """The Era that ``era`` (a name or an Era) names, or ScenarioError."""
+    if isinstance(era, str):
+        try:
+            return get_era(era)
+        except KeyError as err:
+            raise ScenarioError(where, err.args[0]) from None
+    if not isinstance(era, Era):
+        raise ScenarioError(where, f"expected an era name or an Era, got {show(era, True)}")
+    return era
+
+
+def _check_arguments(era, mode, vendor, vcpus, start):
+    """(the Era, the start registers) for Simulation's arguments, or
+    ScenarioError naming the argument: as strict as a scenario file."""
+    era = era_argument(era)
+    check_choice(mode, MODES, "mode", python=True)
+    check_choice(vendor, VENDORS, "vendor", python=True)
+    if isinstance(vcpus, bool) or not isinstance(vcpus, int) or not 1 <= vcpus <= MAX_VCPUS:
+        raise ScenarioError("vcpus", f"expected an integer from 1 to {MAX_VCPUS}, "
+                                     f"got {show(vcpus, True)}")
+    return era, parse_start("reset" if start is None else start)[0]
 
 
 def _reg_value(current: int, ev: dict) -> int:

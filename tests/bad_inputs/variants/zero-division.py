@@ -1,0 +1,2 @@
+"""A variants file that fails while it is loaded."""
+x = 1 / 0
