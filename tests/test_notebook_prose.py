@@ -263,3 +263,16 @@ def test_vocabulary_names_every_name_on_screen(name):
     names = [r.value for r in KVM_REQ] + sorted(STATE_TAGS) + ["FLUSHED"]
     missing = [n for n in names if f"**{n}**" not in text and f"**`{n}`**" not in text]
     assert not missing, f"{name}'s vocabulary does not explain {missing}"
+
+
+def test_teacher_pack_renders_into_the_handout(tmp_path):
+    """./run handout writes the pack to handout/teacher/, links and figure working offline."""
+    import sys
+    sys.path.insert(0, str(ROOT / "tools"))
+    from handout import teacher_pack
+    pages = {p.name: p.read_text() for p in teacher_pack(tmp_path)}
+    assert set(pages) == {"index.html", "answers.html", "misconceptions.html", "notebooks.html",
+                          "plans.html"}
+    assert 'href="answers.html"' in pages["index.html"] and ".md\"" not in pages["index.html"]
+    assert 'src="data:image/svg+xml;base64,' in pages["index.html"]
+    assert "<h3>00.1" in pages["answers.html"]

@@ -8,11 +8,17 @@ value (the diagrams), buttons, toggles and drop-downs are drawn disabled with
 their values.  Charts are images already.
 
     ./run handout            # writes handout/index.html and handout/NN-*.html
+
+It also renders the teacher's pack (teacher/*.md, with the worked answers) to
+handout/teacher/*.html, linked from no student page: hand out handout/ without
+that folder.
 """
 from __future__ import annotations
 
 import argparse
+import base64
 import html
+import re
 import sys
 from pathlib import Path
 
@@ -87,14 +93,14 @@ def freeze_widgets(nb) -> int:
 
 def build(notebooks, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    exporter = HTMLExporter(template_name="lab")
+    exporter = HTMLExporter(template_name="lab", embed_images=True)   # notebook 01's figure
     written = []
     for path in notebooks:
         nb = nbformat.read(path, as_version=4)
         NotebookClient(nb, timeout=600, kernel_name="python3", store_widget_state=True,
                        resources={"metadata": {"path": str(path.parent)}}).execute()
         freeze_widgets(nb)
-        body, _ = exporter.from_notebook_node(nb)
+        body, _ = exporter.from_notebook_node(nb, {"metadata": {"path": str(path.parent)}})
         target = out_dir / f"{path.stem}.html"
         target.write_text(body, encoding="utf-8")
         written.append(target)
@@ -108,6 +114,32 @@ def build(notebooks, out_dir: Path) -> list[Path]:
     return written
 
 
+def teacher_pack(out_dir: Path, source: Path = ROOT / "teacher") -> list[Path]:
+    """teacher/*.md as standalone HTML pages in ``out_dir``, images inlined."""
+    import mistune
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def inline(m):
+        img = (source / m.group(2)).resolve()
+        kind = "svg+xml" if img.suffix == ".svg" else img.suffix.lstrip(".")
+        data = base64.b64encode(img.read_bytes()).decode() if img.is_file() else ""
+        return f'{m.group(1)}data:image/{kind};base64,{data}"' if data else m.group(0)
+
+    for md in sorted(source.glob("*.md")):
+        body = mistune.html(md.read_text(encoding="utf-8"))
+        body = re.sub(r'href="([\w-]+)\.md"', r'href="\1.html"', body)
+        body = re.sub(r'(<img [^>]*src=")([^":]+)"', inline, body)
+        name = "index" if md.stem == "README" else md.stem
+        target = out_dir / f"{name}.html"
+        target.write_text("<!doctype html><meta charset='utf-8'>"
+                          f"<title>KVM MMU Root Lab - teacher's pack - {html.escape(name)}</title>"
+                          "<body style='font-family:sans-serif;max-width:56em;margin:2em auto;"
+                          "line-height:1.4'>" + body + "</body>", encoding="utf-8")
+        written.append(target)
+    return written
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("notebooks", nargs="*", help="default: notebooks/NN-*.ipynb")
@@ -115,7 +147,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     paths = ([Path(p) for p in args.notebooks]
              or sorted((ROOT / "notebooks").glob("[0-9][0-9]-*.ipynb")))
-    for p in build([p.resolve() for p in paths], Path(args.out)):
+    pages = build([p.resolve() for p in paths], Path(args.out))
+    pages += teacher_pack(Path(args.out) / "teacher")
+    for p in pages:
         print(f"wrote {p.relative_to(ROOT) if p.is_relative_to(ROOT) else p}")
     return 0
 
