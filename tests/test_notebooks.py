@@ -56,3 +56,23 @@ def test_the_pair_agrees(path):
                     f"run .venv/bin/jupytext --sync notebooks/{path.stem}.md (the newer file "
                     f"wins)\n{diff}")
     assert notebook.metadata.get("kernelspec") == text.metadata.get("kernelspec")
+
+
+@pytest.mark.parametrize("edited,other", [("04-lab.ipynb", "04-lab.md"),
+                                          ("03-root-cache.md", "03-root-cache.ipynb")])
+def test_saving_either_file_as_jupyterlab_does_updates_the_other(tmp_path, edited, other):
+    """JupyterLab saves through the server's contents manager, which Jupytext
+    (a server extension once installed) wraps: an edit saved in either file of
+    a pair reaches the other, and the .ipynb stays without outputs."""
+    import shutil
+
+    from jupytext import TextFileContentsManager  # what the server extension installs
+    shutil.copytree(NOTEBOOKS, tmp_path / "notebooks")
+    cm = TextFileContentsManager(root_dir=str(tmp_path))
+    model = cm.get(f"notebooks/{edited}", type="notebook")
+    cell = next(c for c in model["content"]["cells"] if c["cell_type"] == "markdown")
+    cell["source"] += "\n\nAn edit made in JupyterLab."
+    cm.save(model, f"notebooks/{edited}")
+    assert "An edit made in JupyterLab." in (tmp_path / "notebooks" / other).read_text()
+    saved = json.loads((tmp_path / "notebooks" / other.replace(".md", ".ipynb")).read_text())
+    assert not any(c.get("outputs") for c in saved["cells"])
