@@ -84,10 +84,12 @@ def expected_exit(claim):
 
 
 # Claims: a phrase of the comment -> a check of (args, completed process).
-def _eras_one_line_each(args, r):
-    firsts = [line.split()[0] for line in r.stdout.splitlines() if line.strip()]
+def _eras_a_block_each(args, r):
+    lines = r.stdout.splitlines()
+    heads = [line.split()[0] for line in lines if line.strip() and not line[0].isspace()]
     for era in all_eras():
-        assert firsts.count(era.name) == 1, f"era {era.name} does not start exactly one line"
+        assert heads.count(era.name) == 1, f"era {era.name} does not start exactly one block"
+    assert max(map(len, lines)) <= 100, max(lines, key=len)
 
 
 def _a_table(args, r):
@@ -125,7 +127,7 @@ def _add_json(args, r):
 
 
 CLAIMS = {
-    "the eras, one line each": _eras_one_line_each,
+    "the eras, a block each (100 columns)": _eras_a_block_each,
     "a table": _a_table,
     "+ kernel calls": _kernel_calls,
     "contract JSON": _contract_json,
