@@ -234,8 +234,12 @@ def cmd_check(args) -> int:
                               baseline=args.baseline)
     if found is None:
         print(f"no violation in {n} programs ({args.era}, {args.mode}, {args.vendor})")
+        print("a random search that finds nothing is not a proof: more --examples or "
+              "another --seed may find one")
         return 0
     print(json.dumps(reproduction(args.era, args.mode, args.vendor, found), indent=2))
+    print(f"violation found after {n} programs ({args.era}, {args.mode}, {args.vendor}); "
+          "the shortest reproduction is on stdout", file=sys.stderr)
     return 1
 
 
@@ -248,7 +252,12 @@ def cmd_ablate(args) -> int:
         return _fail(f"--era: no decision list for {args.era!r} (have: {', '.join(DECISIONS)})")
     rows = ablation_table(args.era, tuple(args.mode or ABLATION_MODES),
                           args.vendor, args.examples)
-    print(json.dumps(rows, indent=2) if args.json else ablation_text(args.era, rows))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(ablation_text(args.era, rows))
+    print(f"\nsearched up to {args.examples} random programs per row: a row without a "
+          "violation is not a proof that the action is unneeded; more --examples may find one")
     return 0
 
 

@@ -14,11 +14,17 @@ MathJax, mermaid.js, the widget renderer; the notebooks have no math, and
 their widgets are frozen); styles and images are inline.
 
     ./run handout            # writes handout/index.html and handout/NN-*.html
+
+It also renders the teacher's pack (teacher/*.md, with the worked answers) to
+handout/teacher/*.html, linked from no student page: hand out handout/ without
+that folder.
 """
 from __future__ import annotations
 
 import argparse
+import base64
 import html
+import re
 import sys
 from pathlib import Path
 
@@ -34,7 +40,8 @@ TEMPLATES = ROOT / "tools" / "handout_template"
 
 def exporter() -> HTMLExporter:
     """nbconvert's HTML exporter with the offline template (see the docstring)."""
-    return HTMLExporter(template_name="offline", extra_template_basedirs=[str(TEMPLATES)])
+    return HTMLExporter(template_name="offline", extra_template_basedirs=[str(TEMPLATES)],
+                        embed_images=True)            # notebook 01's figure, inline
 
 
 def _ref(value):
@@ -106,7 +113,7 @@ def build(notebooks, out_dir: Path) -> list[Path]:
         NotebookClient(nb, timeout=600, kernel_name="python3", store_widget_state=True,
                        resources={"metadata": {"path": str(path.parent)}}).execute()
         freeze_widgets(nb)
-        body, _ = export.from_notebook_node(nb)
+        body, _ = export.from_notebook_node(nb, {"metadata": {"path": str(path.parent)}})
         target = out_dir / f"{path.stem}.html"
         target.write_text(body, encoding="utf-8")
         written.append(target)
@@ -120,6 +127,32 @@ def build(notebooks, out_dir: Path) -> list[Path]:
     return written
 
 
+def teacher_pack(out_dir: Path, source: Path = ROOT / "teacher") -> list[Path]:
+    """teacher/*.md as standalone HTML pages in ``out_dir``, images inlined."""
+    import mistune
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    def inline(m):
+        img = (source / m.group(2)).resolve()
+        kind = "svg+xml" if img.suffix == ".svg" else img.suffix.lstrip(".")
+        data = base64.b64encode(img.read_bytes()).decode() if img.is_file() else ""
+        return f'{m.group(1)}data:image/{kind};base64,{data}"' if data else m.group(0)
+
+    for md in sorted(source.glob("*.md")):
+        body = mistune.html(md.read_text(encoding="utf-8"))
+        body = re.sub(r'href="([\w-]+)\.md"', r'href="\1.html"', body)
+        body = re.sub(r'(<img [^>]*src=")([^":]+)"', inline, body)
+        name = "index" if md.stem == "README" else md.stem
+        target = out_dir / f"{name}.html"
+        target.write_text("<!doctype html><meta charset='utf-8'>"
+                          f"<title>KVM MMU Root Lab - teacher's pack - {html.escape(name)}</title>"
+                          "<body style='font-family:sans-serif;max-width:56em;margin:2em auto;"
+                          "line-height:1.4'>" + body + "</body>", encoding="utf-8")
+        written.append(target)
+    return written
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("notebooks", nargs="*", help="default: notebooks/NN-*.ipynb")
@@ -127,7 +160,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     paths = ([Path(p) for p in args.notebooks]
              or sorted((ROOT / "notebooks").glob("[0-9][0-9]-*.ipynb")))
-    for p in build([p.resolve() for p in paths], Path(args.out)):
+    pages = build([p.resolve() for p in paths], Path(args.out))
+    pages += teacher_pack(Path(args.out) / "teacher")
+    for p in pages:
         print(f"wrote {p.relative_to(ROOT) if p.is_relative_to(ROOT) else p}")
     return 0
 
