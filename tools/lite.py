@@ -334,6 +334,8 @@ LANDING = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>KVM MMU Root Lab: the classroom</title>
+<!-- Read by every app page of the site (config-utils.js) as the root of its settings. -->
+<script id="jupyter-config-data" type="application/json" data-jupyter-lite-root=".">{{}}</script>
 <style>
  body {{ font: 16px/1.5 system-ui, sans-serif; max-width: 46rem; margin: 2rem auto; padding: 0 1rem;
         color: #111; }}
@@ -352,9 +354,10 @@ then from the browser's cache). Nothing is installed and nothing runs on a serve
  <progress id="prep-bar" max="{total}" value="0"></progress>
 </div>
 <h2>The notebooks, in order</h2>
-<p>Open one, then <b>Run &rarr; Run All Cells</b>. Its first cell runs when Python has
-started (the kernel indicator at the top right turns from &ldquo;starting&rdquo; to idle);
-that takes half a minute or so the first time.</p>
+<p>Open one, then <b>Run &rarr; Run All Cells</b>. Each opens on its own page with its own
+Python (JupyterLab itself would reopen every notebook opened before, each starting Python).
+Its first cell runs when Python has started (the kernel indicator at the top right turns
+from &ldquo;starting&rdquo; to idle); that takes half a minute or so the first time.</p>
 <ol start="0">
 {items}
 </ol>
@@ -399,7 +402,7 @@ def landing(out: Path):
     files.remove("pyodide.js")                 # the kernel loads the ES module
     total = sum((pyo / f).stat().st_size for f in files)
     items = "\n".join(
-        f'<li><a href="lab/index.html?path=notebooks/{nb.name}">{html.escape(nb.stem)}</a>: '
+        f'<li><a href="notebooks/index.html?path=notebooks/{nb.name}">{html.escape(nb.stem)}</a>: '
         f'{html.escape(NOTEBOOK_TITLES.get(nb.stem, ""))}</li>'
         for nb in sorted((out / "files" / "notebooks").glob("[0-9]*.ipynb")))
     (out / "index.html").write_text(LANDING.format(
