@@ -45,9 +45,9 @@ def offsite(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def served(out=None):
+def served(out=None, notebooks=None):
     """The site (built or reused) served on a free 127.0.0.1 port; yields its URL."""
-    site = lite.build(out or lite.OUT, reuse=True)
+    site = lite.build(out or lite.OUT, reuse=True, notebooks=notebooks or lite.NOTEBOOKS)
     httpd, url = lite.serve_in_thread(site)
     try:
         yield url

@@ -52,6 +52,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LITE = ROOT / "lite"
 OUT = ROOT / "lite-site"
+NOTEBOOKS = ROOT / "notebooks"
 STAGE = ROOT / "build" / "lite-src"
 VENV = ROOT / ".venv-lite"
 CACHE = Path(os.environ.get("MMU_LITE_CACHE")
@@ -228,21 +229,21 @@ def canon(name: str) -> str:
 # ---------------------------------------------------------------------------
 # The site
 
-def inputs_digest() -> str:
+def inputs_digest(notebooks: Path = NOTEBOOKS) -> str:
     """What the site is made of: a site built from the same digest is fresh."""
-    return digest(LITE, ROOT / "mmu_model", ROOT / "notebooks", ROOT / "scenarios",
-                  ROOT / "pyproject.toml", Path(__file__).resolve())
+    return digest(LITE, ROOT / "mmu_model", Path(notebooks).resolve(), ROOT / "pyproject.toml",
+                  Path(__file__).resolve())
 
 
-def fresh(out: Path = OUT) -> bool:
+def fresh(out: Path = OUT, notebooks: Path = NOTEBOOKS) -> bool:
     stamp = out / "build-info.json"
     try:
-        return json.loads(stamp.read_text())["inputs"] == inputs_digest()
+        return json.loads(stamp.read_text())["inputs"] == inputs_digest(notebooks)
     except (OSError, ValueError, KeyError):
         return False
 
 
-def stage(py: Path) -> Path:
+def stage(py: Path, notebooks: Path = NOTEBOOKS) -> Path:
     """build/lite-src: the lite_dir handed to ``jupyter lite build``."""
     if STAGE.exists():
         shutil.rmtree(STAGE)            # also its .jupyterlite.doit.db: a stale one
@@ -261,9 +262,12 @@ def stage(py: Path) -> Path:
     (pyo / "pyodide-lock.json").write_text(json.dumps({"info": upstream["info"],
                                                        "packages": packages}, indent=1))
     files = STAGE / "files"
-    shutil.copytree(ROOT / "notebooks", files / "notebooks",
-                    ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    shutil.copytree(ROOT / "scenarios", files / "scenarios", symlinks=False)
+    # The .ipynb files and what they show (figures/); their Jupytext text twins
+    # would only be duplicates in the student's file browser.
+    shutil.copytree(notebooks, files / "notebooks",
+                    ignore=shutil.ignore_patterns(".ipynb_checkpoints", "*.md", "jupytext.toml"))
+    # The scenario library, to read and copy from (the notebooks load it from the package).
+    shutil.copytree(ROOT / "mmu_model" / "scenarios", files / "scenarios")
     config = {"jupyter-lite-schema-version": 0, "jupyter-config-data": {
         "appName": "KVM MMU Root Lab",
         "exposeAppInBrowser": True,
@@ -274,30 +278,31 @@ def stage(py: Path) -> Path:
     return STAGE
 
 
-def build(out: Path = OUT, reuse: bool = False) -> Path:
-    """Build the site into ``out`` (reused as it is if ``reuse`` and fresh)."""
-    out = Path(out).resolve()
-    if reuse and fresh(out):
+def build(out: Path = OUT, reuse: bool = False, notebooks: Path = NOTEBOOKS) -> Path:
+    """Build the site into ``out`` from the notebooks in ``notebooks`` (reused as
+    it is if ``reuse`` and fresh)."""
+    out, notebooks = Path(out).resolve(), Path(notebooks).resolve()
+    if reuse and fresh(out, notebooks):
         print(f"{out}: fresh, reused", file=sys.stderr)
         return out
     py = builder()
-    lite_dir = stage(py)
+    lite_dir = stage(py, notebooks)
     if out.exists():
         shutil.rmtree(out)
     jupyter = VENV / "bin" / "jupyter"
     run([jupyter, "lite", "build", "--lite-dir", lite_dir, "--output-dir", out,
          "--contents", lite_dir / "files", "--no-sourcemaps", "--no-unused-shared-packages",
          *[a for app in APPS for a in ("--apps", app)]], cwd=lite_dir)
-    check(out)
+    check(out, notebooks)
     landing(out)
     (out / "build-info.json").write_text(json.dumps({
-        "inputs": inputs_digest(), "pyodide": PYODIDE_VERSION, "preload": PRELOAD,
+        "inputs": inputs_digest(notebooks), "pyodide": PYODIDE_VERSION, "preload": PRELOAD,
         "wheels": sorted(p.name for p in (out / "static" / "pyodide").glob("*.whl"))}, indent=1))
     print(f"built {out}", file=sys.stderr)
     return out
 
 
-def check(out: Path):
+def check(out: Path, notebooks: Path = NOTEBOOKS):
     """The settings that matter reached the built site (a stale doit database once
     dropped them without a word)."""
     cfg = json.loads((out / "jupyter-lite.json").read_text())["jupyter-config-data"]
@@ -311,7 +316,7 @@ def check(out: Path):
         problems.append("loadPyodideOptions.packages")
     if not str(k.get("pyodideUrl", "")).startswith("./static/pyodide/"):
         problems.append(f"pyodideUrl={k.get('pyodideUrl')!r}")
-    for nb in (ROOT / "notebooks").glob("*.ipynb"):
+    for nb in notebooks.glob("*.ipynb"):
         if not (out / "files" / "notebooks" / nb.name).exists():
             problems.append(f"files/notebooks/{nb.name}")
     if problems:
@@ -444,10 +449,15 @@ def main(argv=None) -> int:
     ap.add_argument("--serve", action="store_true", help="serve the site on 127.0.0.1 (builds it if stale)")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--out", type=Path, default=OUT, help="the site's folder (default lite-site/)")
+    ap.add_argument("--notebooks", type=Path, default=NOTEBOOKS,
+                    help="the folder of .ipynb files to publish (default notebooks/)")
     ap.add_argument("--force", action="store_true", help="rebuild even if the site is fresh")
     a = ap.parse_args(argv)
+    if not a.notebooks.is_dir() or not any(a.notebooks.glob("*.ipynb")):
+        print(f"lite: --notebooks {a.notebooks}: no .ipynb files there", file=sys.stderr)
+        return 2
     try:
-        out = build(a.out, reuse=not a.force)
+        out = build(a.out, reuse=not a.force, notebooks=a.notebooks)
     except BuildError as e:
         print(f"lite: {e}", file=sys.stderr)
         return 2
