@@ -109,8 +109,15 @@ def test_lab_answers_clicks_in_the_browser(student, url):
     """The lab in the student's browser: a WP toggle frees the shadow root and
     keeps the TDP root; a CR3 write back to PCID 0 finds its root in the cache."""
     import browser as B
-    page, _ = L.open_notebook(student, url, "notebooks/lab.ipynb")
+    page = student.page()
+    page.goto(f"{url}notebooks/index.html?path=notebooks/lab.ipynb")
     try:
+        banner = page.locator("#mmu-kernel-banner")           # while Python starts, it says so
+        page.wait_for_function("() => /Starting Python/.test(document.getElementById"
+                               "('mmu-kernel-banner').textContent)", timeout=120_000)
+        shot(page, "lab-starting")
+        page.evaluate(f"({L.KERNEL_READY_JS})('notebooks/lab.ipynb')")
+        banner.wait_for(state="detached", timeout=5_000)
         assert L.errors(L.run_all(page)) == []
         page.wait_for_selector(".mmu-pane[data-mode=shadow]", timeout=60_000)
         B.toggle(page, "WP")

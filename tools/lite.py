@@ -295,6 +295,7 @@ def build(out: Path = OUT, reuse: bool = False, notebooks: Path = NOTEBOOKS) -> 
          *[a for app in APPS for a in ("--apps", app)]], cwd=lite_dir)
     check(out, notebooks)
     landing(out)
+    kernel_banner(out)
     (out / "build-info.json").write_text(json.dumps({
         "inputs": inputs_digest(notebooks), "pyodide": PYODIDE_VERSION, "preload": PRELOAD,
         "wheels": sorted(p.name for p in (out / "static" / "pyodide").glob("*.whl"))}, indent=1))
@@ -395,6 +396,42 @@ server-side notebooks (<code>./run lab</code>) draw them with matplotlib.</p>
 </script>
 </body></html>
 """
+
+
+# Shown on a notebook's page until its kernel has answered: Pyodide's start
+# takes tens of seconds, and the page would otherwise look ready and do nothing.
+BANNER = """<div id="mmu-kernel-banner" role="status" aria-live="polite" style="position: fixed;
+ left: 50%; top: 4px; transform: translateX(-50%); z-index: 10000; background: #fff3cd;
+ color: #111; border: 1px solid #b8860b; padding: 4px 12px; font: 14px system-ui, sans-serif;">
+ Loading the notebook&hellip;</div>
+<script>
+(() => {
+  const el = document.getElementById("mmu-kernel-banner"), t0 = Date.now();
+  let asked = false, done = false;
+  const tick = () => {
+    if (done) { el.remove(); return; }
+    const app = window.jupyterapp, w = app && app.shell && app.shell.currentWidget;
+    const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;
+    if (k && !asked) { asked = true; k.info.then(() => { done = true; }); }
+    const s = Math.round((Date.now() - t0) / 1000);
+    el.textContent = k ? `Starting Python in this browser: ${s} s (about a minute the first time, ` +
+      "less later). Cells run once it has started." : `Loading the notebook: ${s} s`;
+    setTimeout(tick, 500);
+  };
+  tick();
+})();
+</script>
+"""
+
+
+def kernel_banner(out: Path):
+    """Put BANNER on the pages that open a notebook."""
+    for app in ("notebooks", "lab"):
+        page = out / app / "index.html"
+        text = page.read_text()
+        if "</body>" not in text:
+            raise BuildError(f"{page}: no </body> to put the start-up notice before")
+        page.write_text(text.replace("</body>", BANNER + "</body>", 1))
 
 
 def landing(out: Path):
