@@ -5,11 +5,14 @@ opened as a student opens it, all its cells run, and no error output allowed.
 
 CI runs the quick set (the lab on its own and notebook 04, the lab with its
 checks); ``./run lite-test`` (MMU_LITE_ALL=1) runs every notebook.
+MMU_LITE_NOTEBOOKS=DIR publishes and tests the notebooks in DIR instead of
+notebooks/ (to try changed notebooks before committing them).
 Screenshots go to artifacts/lite/.
 """
 import json
 import os
 import urllib.request
+from pathlib import Path
 
 import lite_browser as L
 import pytest
@@ -20,14 +23,15 @@ if reason and os.environ.get("CI"):
 pytestmark = pytest.mark.skipif(reason is not None, reason=reason or "")
 
 SHOTS = L.ROOT / "artifacts" / "lite"
-ALL = sorted(p.name for p in (L.ROOT / "notebooks").glob("*.ipynb"))
+SOURCE = Path(os.environ.get("MMU_LITE_NOTEBOOKS") or L.ROOT / "notebooks")
+ALL = sorted(p.name for p in SOURCE.glob("*.ipynb"))
 QUICK = ["lab.ipynb", "04-lab.ipynb"]
 NOTEBOOKS = ALL if os.environ.get("MMU_LITE_ALL") else QUICK
 
 
 @pytest.fixture(scope="module")
 def url():
-    with L.served() as u:
+    with L.served(notebooks=SOURCE) as u:
         yield u
 
 
@@ -53,7 +57,7 @@ def assert_stayed_home(student):
 def test_site_ships_what_its_lock_names():
     """Every wheel the browser's Python preloads is in the site, with the sha256
     the lock says; the kernel is kept off PyPI and the app is exposed for tests."""
-    site = L.lite.build(reuse=True)
+    site = L.lite.build(reuse=True, notebooks=SOURCE)
     pyo = site / "static" / "pyodide"
     lock = json.loads((pyo / "pyodide-lock.json").read_text())["packages"]
     for name, entry in lock.items():

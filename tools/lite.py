@@ -370,8 +370,10 @@ from &ldquo;starting&rdquo; to idle); that takes half a minute or so the first t
 <p><a href="notebooks/index.html?path=notebooks/lab.ipynb">The lab on its own</a>
 (<code>lab.ipynb</code>, for a projector) &middot; <a href="lab/index.html">the full
 JupyterLab</a> &middot; <a href="tree/index.html">the files</a>.</p>
-<p>Your changes are kept in this browser only. Charts are drawn by the package here; the
-server-side notebooks (<code>./run lab</code>) draw them with matplotlib.</p>
+<p>Your changes are kept in this browser only. Each click in the lab is answered by the
+Python in this browser (WebAssembly), a little slower than a course server answers, and slower
+still on a busy computer. Charts are drawn by the package here; the server-side notebooks
+(<code>./run lab</code>) draw them with matplotlib.</p>
 <script>
 (async () => {{
   const files = {files};
