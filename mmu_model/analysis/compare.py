@@ -111,7 +111,7 @@ def summary(doc: dict) -> str:
     if len(runs) > 4:                   # many runs: where any of them differ
         diff = [s for s in steps if s["differs"]]
         fields = sorted({f for s in diff for f in s["differs"]}, key=FIELDS.index)
-        parts.append(f"the {len(runs)} runs differ in {len(diff)} of {n} steps"
+        parts.append(f"The {len(runs)} runs differ in {len(diff)} of {n} steps"
                      + (f" ({_spans([s['index'] for s in diff])}: {', '.join(fields)})" if diff else ""))
     for j, r in enumerate(runs[1:] if len(runs) <= 4 else [], 1):
         diff = {}
@@ -130,7 +130,6 @@ def summary(doc: dict) -> str:
              for j, r in enumerate(runs)]
     with_v = [f"{_label(r)} at step{'s' if len(ix) > 1 else ''} {_spans(ix)}" for r, ix in found if ix]
     text = ("; ".join(parts) + ".") if parts else f"one run: {base}."
-    text = text[0].upper() + text[1:]
     if with_v:
         clean = [_label(r) for r, ix in found if not ix]
         text += " Stale translations: " + "; ".join(with_v)
