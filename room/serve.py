@@ -118,7 +118,10 @@ def plan(args: list[str], env: dict) -> tuple[list[str], dict, list[str]]:
     cmd += [f"--Voila.config_file_paths={ROOM}", "--token",
             f"--RoomKernelManager.max_kernels={students}", *args]
 
-    jupyter_path = [str(ROOM / "jupyter"), *filter(None, env.get("JUPYTER_PATH", "").split(os.pathsep))]
+    # The room's template (room/jupyter) is the app's (app/, ./run app's
+    # kvm-lab: Voila's lab page without its CDN links) plus the full page.
+    jupyter_path = [str(ROOM / "jupyter"), str(ROOT / "app"),
+                    *filter(None, env.get("JUPYTER_PATH", "").split(os.pathsep))]
     voila_env = {**env, "JUPYTER_PATH": os.pathsep.join(jupyter_path), "JUPYTER_TOKEN": token}
 
     ip = given("ip", cmd) or ""

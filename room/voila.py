@@ -148,6 +148,7 @@ c.VoilaConfiguration.multi_kernel_manager_class = RoomKernelManager
 # Jupyter's login page would let anyone holding the token set a new password,
 # written to the teacher's Jupyter config directory; a student must not.
 c.PasswordIdentityProvider.allow_password_change = False
-# The lab's own template with one page added, 503.html (room/serve.py puts
-# room/jupyter on JUPYTER_PATH so Voila finds it).
+# The app's template (app/voila/templates/kvm-lab: the lab's, without CDN links)
+# with one page added, 503.html (room/serve.py puts room/jupyter and app on
+# JUPYTER_PATH so Voila finds them).
 c.VoilaConfiguration.template = "room"
