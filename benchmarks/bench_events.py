@@ -41,6 +41,7 @@ def baseline_tree(where: Path) -> Path | None:
                               capture_output=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
+    where.mkdir(parents=True, exist_ok=True)
     subprocess.run(["tar", "-x", "-C", str(where)], input=data, check=True)
     return where
 
