@@ -87,24 +87,21 @@ def check_rate(tree, jobs, examples):
 
 
 class Table:
-    def __init__(self, have_base):
-        self.rows = []
-        self.have_base = have_base
+    """Rows printed as they are measured (a long run shows its progress)."""
+    WIDTH = 42
+
+    def __init__(self):
+        print(f"{'figure':<{self.WIDTH}}  {'unit':<9} {'this tree':>12} {BASELINE:>12} "
+              f"{'ratio':>8}  note", flush=True)
 
     def add(self, name, unit, new, base=None, note=""):
-        self.rows.append((name, unit, new, base, note))
-
-    def print(self):
-        w = max(len(r[0]) for r in self.rows)
-        print(f"{'figure':<{w}}  {'unit':<9} {'this tree':>12} {BASELINE:>12} {'ratio':>8}  note")
-        for name, unit, new, base, note in self.rows:
-            fmt = (lambda v: "-" if v is None else (f"{v:,.1f}" if unit == "MiB" else f"{v:,.0f}"))
-            ratio = "-"
-            if new is not None and base:
-                ratio = f"x{(new / base if unit != 'MiB' else base / new):.2f}"
-                if unit == "MiB":
-                    ratio = f"/{base / new:.1f}"
-            print(f"{name:<{w}}  {unit:<9} {fmt(new):>12} {fmt(base):>12} {ratio:>8}  {note}")
+        def fmt(v):
+            return "-" if v is None else (f"{v:,.1f}" if unit == "MiB" else f"{v:,.0f}")
+        ratio = "-"
+        if new is not None and base:
+            ratio = f"/{base / new:.1f}" if unit == "MiB" else f"x{new / base:.2f}"
+        print(f"{name:<{self.WIDTH}}  {unit:<9} {fmt(new):>12} {fmt(base):>12} {ratio:>8}  {note}",
+              flush=True)
 
 
 def main(argv=None) -> int:
@@ -135,7 +132,7 @@ def _run(args, tmp, base) -> int:
           f"{os.getloadavg()[0]:.1f}")
     print("rates: per CPU-second of the working process (wall seconds in the note); "
           "check: programs per wall-clock second")
-    t = Table(base is not None)
+    t = Table()
     files = {}
     for vcpus in (1, 8):
         files[vcpus] = tmp / f"w-{vcpus}.json"
@@ -189,7 +186,6 @@ def _run(args, tmp, base) -> int:
     t.add("check v6.18 tdp --jobs 1", "progs/s", one, b)
     t.add(f"check v6.18 tdp --jobs {jobs}", "progs/s", all_, b,
           f"x{all_ / one:.2f} of --jobs 1" if one and all_ else "")
-    t.print()
     return 0
 
 
