@@ -58,8 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("--flush-on-reuse", action="store_true",
                      help="run with force_flush_and_sync_on_reuse=1 (see docs/findings.md)")
     chk.add_argument("--variants", action="append", default=[], metavar="FILE.py")
-    chk.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                     help="processes to search with (default: every core); same answer for any")
+    chk.add_argument("--jobs", type=int, default=1,
+                     help="processes to search with (default 1: one search's programs depend on "
+                          "each other, so more replay more; see benchmarks/RESULTS.md); "
+                          "same answer for any")
     abl = sub.add_parser("ablate", help="remove each root unload / flush request in turn and "
                                         "search for violations")
     abl.add_argument("--era", default=DEFAULT_ERA)
