@@ -35,7 +35,11 @@ def _parser() -> OneLineParser:
     run.add_argument("--era", help=f"kernel era (default: the scenario's, else {DEFAULT_ERA})")
     run.add_argument("--mode", choices=MODES, help="override the scenario's MMU mode")
     run.add_argument("--vendor", choices=VENDORS, help="override the scenario's vendor")
-    run.add_argument("--json", action="store_true", help="print the contract-1 JSON outcome")
+    out = run.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the contract-1 JSON outcome "
+                     "(written step by step as the steps run)")
+    out.add_argument("--jsonl", action="store_true", help="one JSON object per line: the run's "
+                     "parameters, each step, then the totals (see docs/contract.md)")
     run.add_argument("--trace", action="store_true",
                      help="after the table, print each step's kernel calls (function_graph)")
     run.add_argument("--variants", action="append", default=[], metavar="FILE.py",
@@ -64,6 +68,10 @@ def _parser() -> OneLineParser:
     chk.add_argument("--flush-on-reuse", action="store_true",
                      help="run with force_flush_and_sync_on_reuse=1 (see docs/findings.md)")
     chk.add_argument("--variants", action="append", default=[], metavar="FILE.py")
+    chk.add_argument("--jobs", type=int, default=1,
+                     help="processes to search with (default 1: one search's programs depend on "
+                          "each other, so more replay more; see benchmarks/RESULTS.md); "
+                          "same answer for any")
     abl = sub.add_parser("ablate", help="remove each root unload / flush request in turn and "
                                         "search for violations")
     abl.add_argument("--era", default=DEFAULT_ERA)
@@ -72,6 +80,8 @@ def _parser() -> OneLineParser:
     abl.add_argument("--vendor", choices=VENDORS, default="vmx")
     abl.add_argument("--examples", type=int, default=1000, help="programs per row (default 1000)")
     abl.add_argument("--json", action="store_true")
+    abl.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                     help="processes to search with (default: every core); same table for any")
     rev = sub.add_parser("review", help="a variant against its base: the library, a search, "
                                          "coverage, invariants")
     rev.add_argument("--era", required=True, help="the variant (registered by --variants)")
@@ -174,6 +184,8 @@ def _load(args):
 
 
 def cmd_run(args) -> int:
+    if args.json or args.jsonl:
+        return _run_streamed(args)
     scenario, err = _load(args)
     if err:
         return _fail(err)
@@ -194,6 +206,48 @@ def cmd_run(args) -> int:
             print(f"\n--- step {s['index']} ({s['op']}) ---")
             print(step_graph(s) or "(no VM exit: KVM ran nothing)")
     return 0
+
+
+def _run_streamed(args) -> int:
+    """run --json / --jsonl: validate the whole file, then write each step as
+    it runs, keeping none of them (memory does not grow with the events)."""
+    from .harness.sim import stream_scenario
+    from .harness.stream import open_stream, write_json, write_jsonl
+    err = load_variants(args.variants)
+    if err:
+        return _fail(err)
+    try:
+        stream = open_stream(args.scenario)
+    except ScenarioError as err:
+        return _fail(f"{args.scenario}: {err}")
+    scenario = stream.scenario
+    era_name = args.era or scenario.era or DEFAULT_ERA
+    err = _unknown_era([era_name], "--era" if args.era else f"{args.scenario}: era")
+    if err:
+        return _fail(err)
+    try:
+        head, steps, tail = stream_scenario(scenario, stream.events(), get_era(era_name),
+                                            args.mode, args.vendor)
+    except ScenarioError as err:
+        return _fail(f"{args.scenario}: {err}")
+    sys.stdout.flush()
+    out = getattr(sys.stdout, "buffer", None) or _TextSink(sys.stdout)   # a captured stdout has no buffer
+    (write_json if args.json else write_jsonl)(out, head, steps, tail)
+    out.flush()
+    return 0
+
+
+class _TextSink:
+    """A binary writer over a text stream (stdout replaced by one, in tests)."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def write(self, data: bytes):
+        self.text.write(data.decode("utf-8"))
+
+    def flush(self):
+        self.text.flush()
 
 
 def cmd_compare(args) -> int:
@@ -222,16 +276,34 @@ def _in_range(n, flag, most, why=""):
     return f"{flag}: expected a number from 1 to {most:,}{why}, got {n}"
 
 
+def _progress(label):
+    """A progress line on a terminal's stderr (None when stderr is not one)."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done, total):
+        print(f"\r{label}: {done}/{total}", end="", file=sys.stderr, flush=True)
+    return show
+
+
+def _progress_done():
+    if sys.stderr.isatty():
+        print("\r\033[K", end="", file=sys.stderr, flush=True)
+
+
 def cmd_check(args) -> int:
     from .analysis.search import MAX_EXAMPLES, find_violation, reproduction
     err = (_in_range(args.examples, "--examples", MAX_EXAMPLES) or load_variants(args.variants)
+           or _in_range(args.jobs, "--jobs", 64)
            or _unknown_era([args.era]) or _unknown_era([args.baseline] if args.baseline else [],
                                                        "--baseline"))
     if err:
         return _fail(err)
     found, n = find_violation(args.era, args.mode, args.vendor, examples=args.examples,
                               seed=args.seed, flush_on_reuse=args.flush_on_reuse,
-                              baseline=args.baseline)
+                              baseline=args.baseline, jobs=args.jobs,
+                              progress=_progress("programs"))
+    _progress_done()
     if found is None:
         print(f"no violation in {n} programs ({args.era}, {args.mode}, {args.vendor})")
         print("a random search that finds nothing is not a proof: more --examples or "
@@ -245,13 +317,16 @@ def cmd_check(args) -> int:
 
 def cmd_ablate(args) -> int:
     from .analysis.ablate import ABLATION_MODES, DECISIONS, MAX_EXAMPLES, ablation_table, ablation_text
-    err = _in_range(args.examples, "--examples", MAX_EXAMPLES) or _unknown_era([args.era])
+    err = (_in_range(args.examples, "--examples", MAX_EXAMPLES) or _in_range(args.jobs, "--jobs", 64)
+           or _unknown_era([args.era]))
     if err:
         return _fail(err)
     if args.era not in DECISIONS:
         return _fail(f"--era: no decision list for {args.era!r} (have: {', '.join(DECISIONS)})")
     rows = ablation_table(args.era, tuple(args.mode or ABLATION_MODES),
-                          args.vendor, args.examples)
+                          args.vendor, args.examples, jobs=args.jobs,
+                          progress=_progress("rows"))
+    _progress_done()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -19,3 +19,14 @@ def run(name: str, era: str, mode: str, vendor: str = "vmx") -> list[dict]:
 @pytest.fixture
 def scenario_dir() -> Path:
     return SCENARIOS
+
+
+@pytest.fixture(autouse=True)
+def _eras_as_they_were():
+    """A test that registers variants (a --variants file run in-process, say)
+    leaves the registry as it found it."""
+    from mmu_model.eras import ERAS
+    before = dict(ERAS)
+    yield
+    ERAS.clear()
+    ERAS.update(before)

@@ -200,28 +200,38 @@ ABLATION_MODES = ("shadow", "tdp", "tdp-legacy", "nested-tdp")
 MAX_EXAMPLES = 2_000
 
 
+_TABLE = None           # (era, vendor, examples, [(decision, mode)]), set before the fork
+
+
+def _row(i: int) -> dict:
+    """Row ``i`` of the table: search the era without its decision, in its mode."""
+    from .search import find_violation
+    era_obj, vendor, examples, tasks = _TABLE
+    d, mode = tasks[i]
+    found, n = find_violation(ablated(era_obj, d), mode, vendor, examples=examples,
+                              baseline=era_obj)
+    return {"decision": d.id, "label": d.label, "mode": mode,
+            "violation": found is not None, "programs": n,
+            "reproduction": found[1] if found else None,
+            "why": d.why if found else ""}
+
+
 def ablation_table(era, modes=ABLATION_MODES, vendor="vmx", examples=300,
-                   decisions=None) -> list[dict]:
-    """One row per (decision, mode): whether the search finds a violation."""
+                   decisions=None, jobs=1, progress=None) -> list[dict]:
+    """One row per (decision, mode): whether the search finds a violation.
+    Each row is its own seeded search, so ``jobs`` processes give the same rows."""
+    global _TABLE
     from ..harness.sim import era_argument
-    from .search import check_search, find_violation
+    from .search import check_search, ordered_map
     era_obj = era_argument(era)
     if isinstance(modes, str) or not modes:
         raise ScenarioError("modes", f"expected a list of modes, got {show(modes, True)}")
     for mode in modes:
         check_search(mode, vendor, examples, MAX_EXAMPLES)
-    rows = []
-    for d in decisions or DECISIONS.get(era_obj.name, V6_DECISIONS):
-        variant = ablated(era_obj, d)
-        for mode in modes:
-            if d.modes and mode not in d.modes:
-                continue
-            found, n = find_violation(variant, mode, vendor, examples=examples, baseline=era_obj)
-            rows.append({"decision": d.id, "label": d.label, "mode": mode,
-                         "violation": found is not None, "programs": n,
-                         "reproduction": found[1] if found else None,
-                         "why": d.why if found else ""})
-    return rows
+    tasks = [(d, mode) for d in decisions or DECISIONS.get(era_obj.name, V6_DECISIONS)
+             for mode in modes if not d.modes or mode in d.modes]
+    _TABLE = (era_obj, vendor, examples, tasks)
+    return ordered_map(_row, range(len(tasks)), jobs, progress)
 
 
 def _short(ev) -> str:

@@ -137,11 +137,14 @@ def _swarm(rng, mode="shadow", vendor="vmx"):
     return kinds, tuple(bits)
 
 
-def random_program(era, mode, vendor, rng, length):
-    """Generate and run one program; (start, events, first violation or None)."""
+def random_program(era, mode, vendor, rng, length, judge=True):
+    """Generate and run one program; (start, events, first violation or None).
+    With ``judge`` false nothing looks for violations: the same events come
+    out (and the same draws from ``rng``) as long as there is none."""
     start = rng.choice(STARTS)
     kinds, bits = _swarm(rng, mode, vendor)
     sim = Simulation(era, mode, vendor, 1, PRESETS[start].registers(), trace=False, record=False)
+    sim.judge = judge
     events = []
     while len(events) < length:
         chosen = _choose(rng, sim, kinds, bits)
@@ -175,29 +178,119 @@ def shrink(era, mode, vendor, start, events, baseline=None):
 
 
 def find_violation(era, mode, vendor="vmx", examples=1000, length=30, seed=0,
-                   flush_on_reuse=False, baseline=None):
+                   flush_on_reuse=False, baseline=None, jobs=1, progress=None):
     """Run up to ``examples`` random programs; the shrunk first violation as
     (start, events, (step, violations)), or None - paired with the number of
     programs run.  ``flush_on_reuse`` runs the era with kvm.ko's
     force_flush_and_sync_on_reuse=1 (see docs/findings.md).  With
     ``baseline`` (an era), only violations that the baseline does not show on
-    the same program count."""
+    the same program count.  ``jobs`` > 1 shares the programs among that many
+    processes, with the same answer as one (see _parallel_search);
+    ``progress(done, examples)`` is called as programs finish."""
     era_obj = era_argument(era)
     check_search(mode, vendor, examples, MAX_EXAMPLES)
     if flush_on_reuse:
         era_obj = with_flush_on_reuse(era_obj)
     base = era_argument(baseline, "baseline") if baseline is not None else None
     rng = random.Random(f"{era_obj.name}/{mode}/{vendor}/{seed}")
-    for n in range(1, examples + 1):
-        start, events, found = random_program(era_obj, mode, vendor, rng, length)
+    if jobs > 1 and examples > 1:
+        hit = _parallel_search(era_obj, mode, vendor, base, rng, examples, length, jobs, progress)
+    else:
+        hit = None
+        for n in range(1, examples + 1):
+            start, events, found = random_program(era_obj, mode, vendor, rng, length)
+            if progress is not None and n % 10 == 0:
+                progress(n, examples)
+            if found is None:
+                continue
+            events = events[:found[0] + 1]
+            if base is not None and run_program(base, mode, vendor, start, events) is not None:
+                continue
+            hit = n, start, events
+            break
+    if hit is None:
+        return None, examples
+    n, start, events = hit
+    small = shrink(era_obj, mode, vendor, start, events, base)
+    return (start, small, run_program(era_obj, mode, vendor, start, small)), n
+
+
+# The parallel search.  Program n starts from the random generator's state at
+# the end of program n - 1, and a program ends early at its first violation,
+# so the programs cannot simply be dealt out.  Instead every worker replays
+# every program of a block, but only looks for violations in its own share
+# (every jobs-th program): without a violation a replay draws exactly what
+# the judged run draws, so all workers agree on each program and on the state
+# at the end of the block.  The earliest program with a violation in any share
+# decides: if it counts, it is the answer (programs after it do not matter);
+# if the baseline shows it too, the next block starts right after it, from
+# the state its owner saw there.  Same programs, same order, same answer.
+_BLOCK = 48
+_JOB = None                     # (era, mode, vendor, baseline, length): set before the fork
+
+
+def _share(task):
+    """One worker's part of a block: (hit or None, state at the end).  A hit is
+    (n, "found", (start, events)) or (n, "excused", state after program n)."""
+    state, first, count, mine, jobs = task
+    era, mode, vendor, base, length = _JOB
+    rng = random.Random()
+    rng.setstate(state)
+    for n in range(first, first + count):
+        judge = (n - first) % jobs == mine
+        start, events, found = random_program(era, mode, vendor, rng, length, judge)
         if found is None:
             continue
         events = events[:found[0] + 1]
         if base is not None and run_program(base, mode, vendor, start, events) is not None:
-            continue
-        small = shrink(era_obj, mode, vendor, start, events, base)
-        return (start, small, run_program(era_obj, mode, vendor, start, small)), n
-    return None, examples
+            return (n, "excused", rng.getstate()), None
+        return (n, "found", (start, events)), None
+    return None, rng.getstate()
+
+
+def ordered_map(fn, items, jobs=1, progress=None) -> list:
+    """``[fn(x) for x in items]``, with ``jobs`` processes when jobs > 1 (forked,
+    so they see what this process has: registered variants, module globals).
+    ``progress(done, total)`` is called as results come in."""
+    items = list(items)
+    if jobs <= 1 or len(items) <= 1:
+        out = []
+        for x in items:
+            out.append(fn(x))
+            if progress is not None:
+                progress(len(out), len(items))
+        return out
+    import multiprocessing
+    out = []
+    with multiprocessing.get_context("fork").Pool(min(jobs, len(items))) as pool:
+        for r in pool.imap(fn, items):
+            out.append(r)
+            if progress is not None:
+                progress(len(out), len(items))
+    return out
+
+
+def _parallel_search(era, mode, vendor, base, rng, examples, length, jobs, progress):
+    """(n, start, events) of the first program with a violation that counts, or None."""
+    import multiprocessing
+    global _JOB
+    _JOB = (era, mode, vendor, base, length)
+    state, first = rng.getstate(), 1
+    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        while first <= examples:
+            count = min(_BLOCK, examples - first + 1)
+            results = pool.map(_share, [(state, first, count, j, jobs) for j in range(jobs)])
+            hits = sorted((h for h, _end in results if h is not None), key=lambda h: h[0])
+            if hits:
+                n, kind, what = hits[0]
+                if kind == "found":
+                    return n, what[0], what[1]
+                state, first = what, n + 1
+            else:
+                state, first = results[0][1], first + count
+            if progress is not None:
+                progress(first - 1, examples)
+    return None
 
 
 def check_search(mode, vendor, examples, most):

@@ -13,7 +13,7 @@ guest would use.
 """
 from __future__ import annotations
 
-from ..kernel.kvm import arch_context, ept_table
+from ..kernel.kvm import SpteMap, arch_context, ept_table
 from ..kernel.mmu import is_noncanonical_address, page_for_addr, root_pages
 from ..kernel.registers import (
     EFER_LMA,
@@ -64,19 +64,55 @@ def space_of(vcpu) -> int:
     return (vcpu.cr3 & ~X86_CR3_PCID_MASK) >> PAGE_SHIFT
 
 
+def _state(vcpu) -> tuple:
+    """All that one vCPU's view and its architectural TLB depend on: its
+    registers and roots, the versions of its TLBs, and the change counts of
+    guest memory and of every shadow page.  While this is unchanged, observing
+    adds nothing and the vCPU's violations are what they were."""
+    v = vcpu.vmcs12
+    ctx = vcpu.arch_tlbs.get(arch_context(vcpu))
+    return (vcpu.kvm.guest.version, SpteMap.changes, vcpu.cr0, vcpu.cr3, vcpu.cr4, vcpu.efer,
+            vcpu.smm, vcpu.guest_mode, vcpu.mmu.root, vcpu.mmu.root_role, vcpu.guest_mmu.root,
+            vcpu.hwtlb.version, vcpu.ept_arch.version, ctx.version if ctx is not None else None,
+            v.ept_pointer if v is not None else None,
+            v.virtual_processor_id if v is not None else None)
+
+
 def observe_all(kvm) -> None:
     """Every running vCPU may cache what its active tables map right now (and,
-    while L2 runs, what L1's EPT/NPT table maps)."""
+    while L2 runs, what L1's EPT/NPT table maps).  A vCPU whose state did not
+    change since the checker last looked has nothing new to cache."""
     for vcpu in kvm.vcpus:
-        if vcpu.cr0 & X86_CR0_PG and not vcpu.smm:
-            arch_tlb(vcpu).observe(vcpu.active_pcid(), kvm.guest.table(space_of(vcpu)))
-        if vcpu.guest_mode:
-            table = ept_table(vcpu.vmcs12.ept_pointer)
-            seen = (kvm.guest.version, table)
-            if vcpu.ept_arch.seen != seen:      # nothing to add if nothing changed
-                vcpu.ept_arch.observe(table, {g: kvm.guest.ept_read(table, g)
-                                              for g in kvm.guest.l2_gpas(table)})
-                vcpu.ept_arch.seen = seen
+        if vcpu.checked is None or vcpu.checked[0] != _state(vcpu):
+            observe(vcpu)
+
+
+def check_all(kvm) -> list[dict]:
+    """observe_all(), then violations(): the vCPUs whose state changed since
+    the last look are looked at again; the others' violations are as they were."""
+    found = []
+    for vcpu in kvm.vcpus:
+        checked = vcpu.checked
+        if checked is None or checked[0] != _state(vcpu):
+            observe(vcpu)
+            mine = vcpu_violations(vcpu)
+            vcpu.checked = checked = (_state(vcpu), mine)
+        found += checked[1]
+    return found
+
+
+def observe(vcpu) -> None:
+    """What one running vCPU may cache now (see observe_all)."""
+    kvm = vcpu.kvm
+    if vcpu.cr0 & X86_CR0_PG and not vcpu.smm:
+        arch_tlb(vcpu).observe(vcpu.active_pcid(), kvm.guest.table(space_of(vcpu)))
+    if vcpu.guest_mode:
+        table = ept_table(vcpu.vmcs12.ept_pointer)
+        seen = (kvm.guest.version, table)
+        if vcpu.ept_arch.seen != seen:      # nothing to add if nothing changed
+            vcpu.ept_arch.observe(table, {g: kvm.guest.ept_read(table, g)
+                                          for g in kvm.guest.l2_gpas(table)})
+            vcpu.ept_arch.seen = seen
 
 
 def ept_view(vcpu, gpa):
@@ -129,27 +165,35 @@ def violations(kvm) -> list[dict]:
     """Translations any vCPU could use now that the architecture invalidated."""
     found = []
     for vcpu in kvm.vcpus:
-        if not vcpu.cr0 & X86_CR0_PG or vcpu.smm:
+        found += vcpu_violations(vcpu)
+    return found
+
+
+def vcpu_violations(vcpu) -> list[dict]:
+    """Translations this vCPU could use now that the architecture invalidated."""
+    kvm = vcpu.kvm
+    found = []
+    if not vcpu.cr0 & X86_CR0_PG or vcpu.smm:
+        return found
+    pcid = vcpu.active_pcid()
+    memory = kvm.guest.table(space_of(vcpu))
+    for addr in _candidate_addrs(vcpu):
+        got, source = guest_view(vcpu, addr)
+        if got is None or not got & PTE_P:
             continue
-        pcid = vcpu.active_pcid()
-        memory = kvm.guest.table(space_of(vcpu))
-        for addr in _candidate_addrs(vcpu):
-            got, source = guest_view(vcpu, addr)
-            if got is None or not got & PTE_P:
-                continue
-            expected = memory.get(addr)
-            if got == expected or got in arch_tlb(vcpu).allowed(pcid, addr):
-                continue
-            removed = arch_tlb(vcpu).removed
-            at = removed.get((pcid, addr, got))
-            if at is None:
-                at = max((s for (p, a, v), s in removed.items() if a == addr and v == got),
-                         default=None)
-            found.append({"vcpu": vcpu.vcpu_id, "addr": hex(addr), "pcid": pcid,
-                          "stale": describe(got), "expected": describe(expected),
-                          "source": source, "invalidated_by_step": at})
-        if vcpu.guest_mode:
-            found += ept_violations(vcpu)
+        expected = memory.get(addr)
+        if got == expected or got in arch_tlb(vcpu).allowed(pcid, addr):
+            continue
+        removed = arch_tlb(vcpu).removed
+        at = removed.get((pcid, addr, got))
+        if at is None:
+            at = max((s for (p, a, v), s in removed.items() if a == addr and v == got),
+                     default=None)
+        found.append({"vcpu": vcpu.vcpu_id, "addr": hex(addr), "pcid": pcid,
+                      "stale": describe(got), "expected": describe(expected),
+                      "source": source, "invalidated_by_step": at})
+    if vcpu.guest_mode:
+        found += ept_violations(vcpu)
     return found
 
 
@@ -323,7 +367,7 @@ def on_access(vcpu, ev):
         if not ept & EPT_RWX:
             # L1's entry is not present: an EPT violation that L0 reflects to L1.
             vcpu.ept_arch.flush_gpa(kvm.step.index, table, gpa)
-            vcpu.hwtlb.gpa.pop((tag[1], gpa), None)
+            vcpu.hwtlb.drop_gpa((tag[1], gpa))
             vcpu.ops.nested_vmx_vmexit(vcpu)
             nested_transition(vcpu, kvm.step.index)
             return None, (f"EPT violation: L1's table {table:#x} does not map L2 page {gpa:#x}; "
@@ -336,7 +380,7 @@ def on_access(vcpu, ev):
                 sp.unsync_addrs.discard(gpa)
             intercepted, esource = True, "shadow"
             note = f"EPT violation at L2 page {gpa:#x}: L0 shadows L1's entry and resumes L2"
-        vcpu.hwtlb.gpa[(tag[1], gpa)] = ept
+        vcpu.hwtlb.set_gpa((tag[1], gpa), ept)
         translation.update(ept=describe_ept(ept), ept_source=esource)
     if source != "tlb":
         vcpu.hwtlb.fill(pcid, addr, got, tag)

@@ -121,17 +121,26 @@ class ArchTlb:
 
     ``entries`` maps (pcid, addr) to {pte value: global?}; ``removed`` remembers,
     for each (pcid, addr, value) dropped, the step whose invalidation dropped it.
+    ``version`` counts the changes (for the checker's caches).
     """
+    __slots__ = ("entries", "removed", "version")
 
     def __init__(self):
         self.entries: dict[tuple, dict[int, bool]] = {}
         self.removed: dict[tuple, int] = {}
+        self.version = 0
 
     def observe(self, pcid: int, table: dict[int, int]) -> None:
         """The CPU may cache any present translation of the active tables."""
+        entries = self.entries
         for addr, value in table.items():
             if value & PTE_P:
-                self.entries.setdefault((pcid, addr), {})[value] = bool(value & PTE_G)
+                seen = entries.get((pcid, addr))
+                if seen is None:
+                    seen = entries[(pcid, addr)] = {}
+                if value not in seen:
+                    seen[value] = bool(value & PTE_G)
+                    self.version += 1
 
     def allowed(self, pcid: int, addr: int) -> set:
         out = set(self.entries.get((pcid, addr), ()))
@@ -146,6 +155,7 @@ class ArchTlb:
                 if not keep(pcid, addr, glob):
                     del values[value]
                     self.removed[(pcid, addr, value)] = step
+                    self.version += 1
             if not values:
                 del self.entries[(pcid, addr)]
 
@@ -182,21 +192,28 @@ class EptArchTlb:
     EPT violation dropped each one.
     """
 
+    __slots__ = ("entries", "removed", "seen", "version")
+
     def __init__(self):
         self.entries: dict[tuple, set] = {}
         self.removed: dict[tuple, int] = {}
         self.seen = None            # (memory version, table, drops) of the last observe
+        self.version = 0            # counts the changes (for the checker's caches)
 
     def observe(self, table: int, mapping: dict) -> None:
         for gpa, value in mapping.items():
             if value & EPT_RWX:
-                self.entries.setdefault((table, gpa), set()).add(value)
+                seen = self.entries.setdefault((table, gpa), set())
+                if value not in seen:
+                    seen.add(value)
+                    self.version += 1
 
     def allowed(self, table: int, gpa: int) -> set:
         return self.entries.get((table, gpa), set())
 
     def _drop(self, step, keep) -> None:
         self.seen = None
+        self.version += 1
         for (table, gpa), values in list(self.entries.items()):
             if not keep(table, gpa):
                 for value in values:
@@ -225,12 +242,15 @@ class HwTlb:
     combined mapping was made under (None for shadow paging and SVM).  A
     lookup needs the current tag.  ``gpa``: (EPTP, L2 page) -> EPT entry, the
     guest-physical mappings of nested TDP, which only an INVEPT of that EPTP
-    (flush_eptp) or a full flush removes.
+    (flush_eptp) or a full flush removes.  ``version`` counts the changes
+    (for the checker's caches).
     """
+    __slots__ = ("entries", "gpa", "version")
 
     def __init__(self):
         self.entries: dict[tuple, tuple] = {}
         self.gpa: dict[tuple, int] = {}
+        self.version = 0
 
     def lookup(self, pcid, addr, tag):
         e = self.entries.get((pcid, addr))
@@ -243,20 +263,39 @@ class HwTlb:
 
     def fill(self, pcid, addr, value, tag):
         self.entries[(pcid, addr)] = (value, bool(value & PTE_G), tag)
+        self.version += 1
+
+    def set_gpa(self, key, value):
+        """A guest-physical mapping cached (nested TDP)."""
+        self.gpa[key] = value
+        self.version += 1
+
+    def drop_gpa(self, key):
+        if self.gpa.pop(key, None) is not None:
+            self.version += 1
 
     def _drop(self, keep, vpid=None):
         """Drop entries ``keep`` rejects; with ``vpid``, only that VPID's."""
-        self.entries = {k: e for k, e in self.entries.items()
-                        if (vpid is not None and e[2][0] != vpid) or keep(k[0], k[1], e[1], e[2])}
+        if not self.entries:
+            return
+        kept = {k: e for k, e in self.entries.items()
+                if (vpid is not None and e[2][0] != vpid) or keep(k[0], k[1], e[1], e[2])}
+        if len(kept) != len(self.entries):
+            self.version += 1
+        self.entries = kept
 
     def flush_all(self):
+        if self.entries or self.gpa:
+            self.version += 1
         self.entries.clear()
         self.gpa.clear()
 
     def flush_eptp(self, eptp):
         """INVEPT single-context: combined and guest-physical mappings of one EPTP."""
         self._drop(lambda p, a, g, t: t[1] != eptp)
-        self.gpa = {k: v for k, v in self.gpa.items() if k[0] != eptp}
+        if self.gpa:
+            self.gpa = {k: v for k, v in self.gpa.items() if k[0] != eptp}
+            self.version += 1
 
     def flush_vpid(self, vpid):
         """INVVPID single-context: linear and combined mappings of one VPID."""
@@ -267,7 +306,9 @@ class HwTlb:
         nested-paging (guest-physical) entries included - SVM tags those
         with the ASID too, not with nCR3 (the model keys them with None)."""
         self.flush_vpid(asid)
-        self.gpa = {k: v for k, v in self.gpa.items() if k[0] is not None}
+        if self.gpa:
+            self.gpa = {k: v for k, v in self.gpa.items() if k[0] is not None}
+            self.version += 1
 
     def flush_addr_all_pcids(self, addr, vpid):
         self._drop(lambda p, a, g, t: a != addr or t[0] != vpid)

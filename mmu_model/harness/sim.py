@@ -14,7 +14,7 @@ from ..kernel.kvm import Kvm, StepLog
 from ..kernel.mmu import is_noncanonical_address
 from ..kernel.registers import PRESETS, X86_CR0_PG, X86_CR3_PCID_NOFLUSH, X86_CR4_PCIDE, X86_FEATURE
 from ..kernel.trace import Trace
-from .outcome import add_to_totals, empty_totals, step_outcome
+from .outcome import Outcomes, add_to_totals, empty_totals
 from .scenario import (
     MAX_VCPUS,
     MODES,
@@ -34,7 +34,7 @@ class Simulation:
 
     def __init__(self, era: Era | str = DEFAULT_ERA, mode: str = "shadow", vendor: str = "vmx",
                  vcpus: int = 1, start: dict | str | None = None, trace: bool = True,
-                 record: bool = True, check: bool = True):
+                 record: bool = True, check: bool = True, keep: bool = True):
         era, start = _check_arguments(era, mode, vendor, vcpus, start)
         self.era = era
         self.mode = mode
@@ -42,6 +42,7 @@ class Simulation:
         self.trace = Trace() if trace else None
         self.kvm = Kvm(self.era, mode, vendor, self.trace)
         self.record = record                # False: keep only totals and violations
+        self.keep = record and keep         # False: outcomes are returned, not kept
         self.outcomes: list[dict] = []
         self.steps_run = 0
         self._totals = empty_totals()
@@ -49,10 +50,18 @@ class Simulation:
             self._bring_up(self.kvm.add_vcpu(), start)
         self.kvm.step = StepLog()
         if self.trace is not None:
-            self.trace.calls.clear()
+            self.trace.clear()
         self.check = check                  # run the architectural checker
+        # False: the checker keeps the guest's side (memory, TLBs) going but
+        # does not look for violations (the parallel search replays programs
+        # it only needs the events of).
+        self.judge = True
         if check:
             checker.attach(self.kvm)
+        self._outcomes = Outcomes(self.kvm)
+        # Without the checker, a guest action that does not exit needs no
+        # StepLog, no checker pass and no trace (TDP: most of them).
+        self._quiet = self.kvm.tdp_enabled and not check
 
     def _bring_up(self, vcpu, start):
         """Userspace sets the start registers, then the vCPU's first VM entry
@@ -84,40 +93,63 @@ class Simulation:
     def step(self, ev: dict) -> dict:
         """Apply one normalised event (see scenario.parse_event); return its outcome."""
         kvm = self.kvm
+        op = ev["op"]
         index = ev.get("vcpu", 0)
         if type(index) is not int or not 0 <= index < len(kvm.vcpus):   # not -1: the last
             raise ScenarioError("vcpu", f"vCPU {show(index, True)} does not exist (the simulation "
                                         f"has {len(kvm.vcpus)})")
         vcpu = kvm.vcpus[index]
-        kvm.step = log = StepLog(self.steps_run)
-        before = {**vcpu.regs(), "guest_mode": vcpu.guest_mode} if self.check else None
-        if self.check:
-            checker.observe_all(kvm)
+        index = self.steps_run
+        if self._quiet and op in QUIET_OPS:
+            reason = QUIET_OPS[op](vcpu, ev)
+            if reason is not False:
+                # The CPU ran it: no VM exit, nothing but a register changed
+                # (the same outcome the full path below gives such a step).
+                self.steps_run = index + 1
+                if not self.record:
+                    return {"violations": []}
+                out = self._outcomes.quiet(index, vcpu, op, reason)
+                out["violations"] = []
+                if self.keep:
+                    self.outcomes.append(out)
+                return out
+        kvm.step = log = StepLog(index)
+        check = self.check
+        if check:
+            before = {"cr0": vcpu.cr0, "cr3": vcpu.cr3, "cr4": vcpu.cr4, "efer": vcpu.efer,
+                      "smm": vcpu.smm, "guest_mode": vcpu.guest_mode}
+            if self.judge:
+                checker.observe_all(kvm)
         mmu = vcpu.mmu
         log.start_root = mmu.root.hpa
         log.start_prev = [r.hpa for r in mmu.prev_roots]
-        mark = self.trace.mark() if self.trace is not None else 0
-        fault, reason, intercepted = HANDLERS[ev["op"]](vcpu, ev)
+        trace = self.trace
+        if trace is not None:
+            trace.clear()
+        fault, reason, intercepted = HANDLERS[op](vcpu, ev)
         if intercepted:
             vcpu.ops.vcpu_enter_guest(vcpu)
-        if self.check and fault is None and (intercepted or ev["op"] not in NESTED_OPS):
-            native = not intercepted and kvm.tdp_enabled and ev["op"] in NATIVE_OPS
-            checker.arch_effects(vcpu, ev, before, log.index, native)
         found = []
-        if self.check:
-            checker.observe_all(kvm)
-            found = checker.violations(kvm)
+        if check:
+            if fault is None and (intercepted or op not in NESTED_OPS):
+                native = not intercepted and kvm.tdp_enabled and op in NATIVE_OPS
+                checker.arch_effects(vcpu, ev, before, index, native)
+            if self.judge:
+                found = checker.check_all(kvm)
         add_to_totals(self._totals, log, intercepted)
-        self.steps_run += 1
+        self.steps_run = index + 1
         if not self.record:
             return {"violations": found}
-        calls = self.trace.since(mark) if self.trace is not None else []
-        out = step_outcome(self.steps_run - 1, vcpu, ev["op"], fault, reason, intercepted,
-                           calls, log)
+        if trace is not None:
+            names, depths = trace.names[:], trace.depths[:]
+        else:
+            names, depths = [], []
+        out = self._outcomes.step(index, vcpu, op, fault, reason, intercepted, names, depths, log)
         out["violations"] = found
         if log.translation is not None:
             out["translation"] = log.translation
-        self.outcomes.append(out)
+        if self.keep:
+            self.outcomes.append(out)
         return out
 
     def apply(self, event: dict) -> dict:
@@ -339,6 +371,54 @@ def on_write_ept(vcpu, ev):
     return checker.on_write_ept(vcpu, ev)
 
 
+def quiet_mov_cr0(vcpu, ev):
+    """on_mov_cr0() for a write that does not exit: the note why, or False."""
+    new = _reg_value(vcpu.cr0, ev)
+    intercepted, why = vendor.exits(vcpu, "mov_cr0", new)
+    if intercepted:
+        return False
+    vcpu.cr0 = new
+    return why
+
+
+def quiet_mov_cr4(vcpu, ev):
+    new = _reg_value(vcpu.cr4, ev)
+    intercepted, why = vendor.exits(vcpu, "mov_cr4", new)
+    if intercepted:
+        return False
+    vcpu.cr4 = new
+    return why
+
+
+def quiet_mov_cr3(vcpu, ev):
+    """A MOV CR3 the CPU runs itself (TDP), unless it faults (the full path words it)."""
+    value = ev["value"]
+    if vcpu.cr4 & X86_CR4_PCIDE:
+        value &= ~X86_CR3_PCID_NOFLUSH
+    if not x86.kvm_vcpu_is_legal_cr3(vcpu, value):
+        return False
+    intercepted, why = vendor.exits(vcpu, "mov_cr3")
+    if intercepted:
+        return False
+    vcpu.cr3 = value
+    return why
+
+
+def quiet_flush(vcpu, ev):
+    """INVLPG, and an INVPCID that passes the CPU's own checks, without an exit."""
+    op = ev["op"]
+    if op == "invpcid" and (_invpcid_checks(vcpu, ev)
+                            or x86.invpcid_hw_check(vcpu, ev["type"], ev["pcid"], ev["addr"])):
+        return False
+    intercepted, why = vendor.exits(vcpu, op)
+    return False if intercepted else why
+
+
+# The steps that may take the quiet path (without the checker: nothing to
+# invalidate on the guest's side), each checking that it does not exit.
+QUIET_OPS = {"mov_cr0": quiet_mov_cr0, "mov_cr4": quiet_mov_cr4, "mov_cr3": quiet_mov_cr3,
+             "invlpg": quiet_flush, "invpcid": quiet_flush}
+
 # Guest instructions the CPU executes itself when they do not exit.
 NATIVE_OPS = {"mov_cr0", "mov_cr4", "mov_cr3", "invlpg", "invpcid"}
 
@@ -355,13 +435,28 @@ HANDLERS = {
 def run_scenario(scenario: Scenario, era: Era | str | None = None, mode: str | None = None,
                  vendor_name: str | None = None, trace: bool = True) -> dict:
     """Run a parsed scenario; flags override its mode/vendor. Returns the outcome document."""
+    head, steps, tail = stream_scenario(scenario, scenario.events, era, mode, vendor_name, trace,
+                                        keep=True)
+    return {**head, "steps": list(steps), **tail()}
+
+
+def stream_scenario(scenario: Scenario, events, era: Era | str | None = None,
+                    mode: str | None = None, vendor_name: str | None = None, trace: bool = True,
+                    keep: bool = False):
+    """The outcome document in three parts, for writing it as it is computed:
+    ``(head, steps, tail)`` - the fields before ``steps``, an iterator of the
+    step outcomes (each computed when it is asked for), and a function that
+    returns the fields after them once the steps have run."""
     era_obj = get_era(era or scenario.era or DEFAULT_ERA) if not isinstance(era, Era) else era
     sim = Simulation(era_obj, mode or scenario.mode, vendor_name or scenario.vendor,
-                     scenario.vcpus, scenario.start, trace)
-    steps = sim.run(scenario.events)
-    doc = {"contract": 1, "scenario": scenario.name, "era": era_obj.name, "mode": sim.mode,
-           "vendor": sim.vendor, "vcpus": scenario.vcpus, "steps": steps, "totals": sim.totals()}
+                     scenario.vcpus, scenario.start, trace, keep=keep)
+    head = {"contract": 1, "scenario": scenario.name, "era": era_obj.name, "mode": sim.mode,
+            "vendor": sim.vendor, "vcpus": scenario.vcpus}
     notes = [era_obj.inferred, era_obj.nested_inferred if sim.mode == "nested-tdp" else None]
-    if any(notes):
-        doc["inferred"] = "; ".join(n for n in notes if n)
-    return doc
+
+    def tail() -> dict:
+        out = {"totals": sim.totals()}
+        if any(notes):
+            out["inferred"] = "; ".join(n for n in notes if n)
+        return out
+    return head, map(sim.step, events), tail

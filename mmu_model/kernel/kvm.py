@@ -30,6 +30,46 @@ PREV_ROOT_FLAGS = tuple(KVM_MMU_ROOT_PREVIOUS(i) for i in range(KVM_MMU_NUM_PREV
 KVM_MMU_ROOTS_ALL = (1 << (1 + KVM_MMU_NUM_PREV_ROOTS)) - 1
 
 
+class SpteMap(dict):
+    """A shadow page's leaf translations (the checker's, not KVM's): a dict
+    that counts every change in ``SpteMap.changes``, so the checker can tell
+    that no vCPU's view of shadow pages moved since it last looked."""
+    __slots__ = ()
+    changes = 0
+
+    def __setitem__(self, key, value):
+        SpteMap.changes += 1
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key):
+        SpteMap.changes += 1
+        dict.__delitem__(self, key)
+
+    def pop(self, *args):
+        SpteMap.changes += 1
+        return dict.pop(self, *args)
+
+    def popitem(self):
+        SpteMap.changes += 1
+        return dict.popitem(self)
+
+    def setdefault(self, key, default=None):
+        SpteMap.changes += 1
+        return dict.setdefault(self, key, default)
+
+    def update(self, *args, **kwargs):
+        SpteMap.changes += 1
+        dict.update(self, *args, **kwargs)
+
+    def clear(self):
+        SpteMap.changes += 1
+        dict.clear(self)
+
+    def __ior__(self, other):
+        SpteMap.changes += 1
+        return dict.__ior__(self, other)
+
+
 class KvmMmuPage:
     """struct kvm_mmu_page, for the pages that serve as roots.
 
@@ -52,7 +92,7 @@ class KvmMmuPage:
         # page shadows, its leaf translations, and those the guest rewrote
         # since the last sync (a leaf table KVM let go unsync).
         self.space = None
-        self.sptes: dict = {}
+        self.sptes: dict = SpteMap()
         self.unsync_addrs: set = set()
 
     @property
@@ -144,6 +184,10 @@ class Vmcs12:
 
 class KvmVcpu:
     """struct kvm_vcpu with the parts of struct kvm_vcpu_arch the model needs."""
+    __slots__ = ("kvm", "ops", "vcpu_id", "cr0", "cr3", "cr4", "efer", "smm", "guest_mode",
+                 "features", "root_mmu", "guest_mmu", "nested_mmu", "mmu", "walk_mmu", "vmcs12",
+                 "last_vpid", "smm_guest_mode", "vmxon", "smm_vmxon", "requests", "smram",
+                 "smi_pending", "init_latched", "arch_tlbs", "hwtlb", "ept_arch", "checked")
 
     def __init__(self, kvm, vcpu_id: int):
         self.kvm = kvm
@@ -165,6 +209,7 @@ class KvmVcpu:
         self.last_vpid = 0          # vmx->nested.last_vpid
         self.smm_guest_mode = False  # vmx->nested.smm.guest_mode: RSM re-enters L2
         self.vmxon = False          # vmx->nested.vmxon: L1 is in VMX operation (cleared in SMM)
+        self.smm_vmxon = False      # vmx->nested.smm.vmxon: VMXON to restore at RSM
         self.requests: dict = {}
         self.smram = None           # the state saved by enter_smm()
         self.smi_pending = False
@@ -172,6 +217,7 @@ class KvmVcpu:
         self.arch_tlbs = None       # the architectural checker's state (guest.py):
         self.hwtlb = None           # one ArchTlb per (VPID, EPTP) context, the
         self.ept_arch = None        # hardware TLB, and L2's guest-physical mappings
+        self.checked = None         # the checker's last look: (state, violations)
 
     def pcid(self, cr3: int) -> int:
         """kvm_get_pcid(): the PCID of a CR3 value, 0 while CR4.PCIDE=0."""
@@ -199,6 +245,9 @@ def ept_table(eptp: int) -> int:
 
 class StepLog:
     """What happened during one step: the raw material of a step outcome."""
+    __slots__ = ("index", "translation", "requests", "freed", "destroyed", "flushes",
+                 "root_source", "resets", "allocated", "cache_hits", "hash_hits", "tdp_reuses",
+                 "start_root", "start_prev")
 
     def __init__(self, index: int = 0):
         self.index = index

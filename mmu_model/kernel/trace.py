@@ -1,8 +1,8 @@
 """The kernel call trace, as data owned by the VM.
 
 One small mechanism: every mirrored kernel function is reached through the
-VM's ``ops`` table; when tracing is on, each entry records ``(depth, name)``
-on the VM's :class:`Trace` before running.  Renderers turn the list into
+VM's ``ops`` table; when tracing is on, each entry records its depth and name
+on the VM's :class:`Trace` before running.  Renderers turn the calls into
 ftrace ``function_graph`` text, a table, or plot data.
 """
 from __future__ import annotations
@@ -11,31 +11,46 @@ from functools import wraps
 
 
 class Trace:
-    """The calls recorded for one VM, in call order (preorder)."""
-    __slots__ = ("calls", "depth")
+    """The calls recorded for one VM, in call order (preorder): ``names`` and
+    ``depths`` side by side (a step's outcome copies both as they are)."""
+    __slots__ = ("names", "depths", "depth")
 
     def __init__(self):
-        self.calls: list[tuple[int, str]] = []
+        self.names: list[str] = []
+        self.depths: list[int] = []
         self.depth = 0
+
+    @property
+    def calls(self) -> list[tuple[int, str]]:
+        """The calls as (depth, name) pairs."""
+        return list(zip(self.depths, self.names))
 
     def mark(self) -> int:
         """A position to slice the calls of one step from."""
-        return len(self.calls)
+        return len(self.names)
 
     def since(self, mark: int) -> list[tuple[int, str]]:
-        return self.calls[mark:]
+        return list(zip(self.depths[mark:], self.names[mark:]))
+
+    def clear(self) -> None:
+        """Forget the calls recorded so far (the lists stay the same objects)."""
+        del self.names[:], self.depths[:]
 
 
 def traced(trace: Trace, name: str, fn):
     """Wrap ``fn`` so that each call records ``name`` at the current depth."""
+    add_name, add_depth = trace.names.append, trace.depths.append
+
     @wraps(fn)
     def wrapper(*args, **kwargs):
-        trace.calls.append((trace.depth, name))
-        trace.depth += 1
+        depth = trace.depth
+        add_depth(depth)
+        add_name(name)
+        trace.depth = depth + 1
         try:
             return fn(*args, **kwargs)
         finally:
-            trace.depth -= 1
+            trace.depth = depth
     wrapper.kernel_name = name
     return wrapper
 
