@@ -182,7 +182,7 @@ def cmd_run(args) -> int:
     if err:
         return _fail(err)
     try:
-        doc = run_scenario(scenario, get_era(era_name), args.mode, args.vendor)
+        doc = run_scenario(scenario, get_era(era_name), args.mode, args.vendor, invariants=True)
     except ScenarioError as err:
         return _fail(f"{args.scenario}: {err}")
     if args.json:

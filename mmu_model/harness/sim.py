@@ -353,12 +353,19 @@ HANDLERS = {
 
 
 def run_scenario(scenario: Scenario, era: Era | str | None = None, mode: str | None = None,
-                 vendor_name: str | None = None, trace: bool = True) -> dict:
-    """Run a parsed scenario; flags override its mode/vendor. Returns the outcome document."""
+                 vendor_name: str | None = None, trace: bool = True,
+                 invariants: bool = False) -> dict:
+    """Run a parsed scenario; flags override its mode/vendor. Returns the outcome document.
+    ``invariants``: each step also lists the model's invariant breaks after it
+    (harness/invariants.py), as ``invariants`` (``run`` turns it on)."""
     era_obj = get_era(era or scenario.era or DEFAULT_ERA) if not isinstance(era, Era) else era
     sim = Simulation(era_obj, mode or scenario.mode, vendor_name or scenario.vendor,
                      scenario.vcpus, scenario.start, trace)
-    steps = sim.run(scenario.events)
+    if invariants:
+        from .invariants import check_invariants
+        steps = [{**sim.step(e), "invariants": check_invariants(sim.kvm)} for e in scenario.events]
+    else:
+        steps = sim.run(scenario.events)
     doc = {"contract": 1, "scenario": scenario.name, "era": era_obj.name, "mode": sim.mode,
            "vendor": sim.vendor, "vcpus": scenario.vcpus, "steps": steps, "totals": sim.totals()}
     notes = [era_obj.inferred, era_obj.nested_inferred if sim.mode == "nested-tdp" else None]
