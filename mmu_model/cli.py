@@ -72,6 +72,9 @@ def _parser() -> OneLineParser:
     abl.add_argument("--vendor", choices=VENDORS, default="vmx")
     abl.add_argument("--examples", type=int, default=1000, help="programs per row (default 1000)")
     abl.add_argument("--json", action="store_true")
+    abl.add_argument("--variants", action="append", default=[], metavar="FILE.py",
+                     help="a Python file that registers variants; a variant is ablated with "
+                          "its parent era's decision list")
     rev = sub.add_parser("review", help="a variant against its base: the library, a search, "
                                          "coverage, invariants")
     rev.add_argument("--era", required=True, help="the variant (registered by --variants)")
@@ -245,13 +248,16 @@ def cmd_check(args) -> int:
 
 def cmd_ablate(args) -> int:
     from .analysis.ablate import ABLATION_MODES, DECISIONS, MAX_EXAMPLES, ablation_table, ablation_text
-    err = _in_range(args.examples, "--examples", MAX_EXAMPLES) or _unknown_era([args.era])
+    err = (load_variants(args.variants) or _in_range(args.examples, "--examples", MAX_EXAMPLES)
+           or _unknown_era([args.era]))
     if err:
         return _fail(err)
-    if args.era not in DECISIONS:
-        return _fail(f"--era: no decision list for {args.era!r} (have: {', '.join(DECISIONS)})")
+    listed = args.era if args.era in DECISIONS else get_era(args.era).parent
+    if listed not in DECISIONS:
+        return _fail(f"--era: no decision list for {args.era!r} (have: {', '.join(DECISIONS)}, "
+                     "or a variant of one)")
     rows = ablation_table(args.era, tuple(args.mode or ABLATION_MODES),
-                          args.vendor, args.examples)
+                          args.vendor, args.examples, decisions=DECISIONS[listed])
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

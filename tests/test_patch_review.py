@@ -103,3 +103,15 @@ def test_a_variant_can_replace_the_canonical_check_invlpg_calls():
     assert "is_noncanonical_address" in calls
     assert "vmx_flush_tlb_gva" in run_scenario(sc, get_era("v6.18"))["steps"][0]["calls"]
     assert "vmx_flush_tlb_gva" not in calls      # the replaced check skips the flush
+
+
+def test_ablate_takes_variants_and_uses_the_parents_decision_list():
+    import json
+
+    r = cli("ablate", "--variants", str(EXAMPLES / "variant_no_pcide_flush.py"),
+            "--era", "v6.18~no-pcide-flush", "--mode", "shadow", "--examples", "5", "--json")
+    assert r.returncode == 0, r.stderr
+    base = cli("ablate", "--era", "v6.18", "--mode", "shadow", "--examples", "5", "--json")
+    assert [x["decision"] for x in json.loads(r.stdout)] == [x["decision"] for x in json.loads(base.stdout)]
+    r = cli("ablate", "--era", "v6.18~no-pcide-flush", "--examples", "5")
+    assert r.returncode == 2 and r.stdout == "" and "v6.18~no-pcide-flush" in r.stderr
