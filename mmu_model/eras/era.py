@@ -27,8 +27,8 @@ for _module, _names in [
           "kvm_mmu_load kvm_mmu_reload kvm_mmu_free_obsolete_roots kvm_mmu_invalidate_addr "
           "kvm_mmu_invlpg kvm_mmu_invpcid_gva is_noncanonical_address"),
     (tdp_mmu, "kvm_tdp_mmu_alloc_root kvm_tdp_mmu_put_root"),
-    (x86, "kvm_vcpu_is_legal_cr3 load_pdptrs kvm_set_cr0 kvm_post_set_cr0 kvm_set_cr4 kvm_post_set_cr4 kvm_set_cr3 "
-          "kvm_invalidate_pcid kvm_handle_invpcid set_efer __set_sregs kvm_vcpu_reset "
+    (x86, "load_pdptrs kvm_set_cr0 kvm_post_set_cr0 kvm_set_cr4 kvm_post_set_cr4 kvm_set_cr3 "
+          "kvm_vcpu_is_legal_cr3 kvm_invalidate_pcid kvm_handle_invpcid set_efer __set_sregs kvm_vcpu_reset "
           "__apic_accept_irq kvm_apic_accept_events kvm_vcpu_flush_tlb_current kvm_vcpu_flush_tlb_guest "
           "kvm_vcpu_flush_tlb_all kvm_service_local_tlb_flush_requests "
           "kvm_check_and_inject_events vcpu_enter_guest"),
