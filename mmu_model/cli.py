@@ -82,6 +82,9 @@ def _parser() -> OneLineParser:
     abl.add_argument("--json", action="store_true")
     abl.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                      help="processes to search with (default: every core); same table for any")
+    abl.add_argument("--variants", action="append", default=[], metavar="FILE.py",
+                     help="a Python file that registers variants; a variant is ablated with "
+                          "its parent era's decision list")
     rev = sub.add_parser("review", help="a variant against its base: the library, a search, "
                                          "coverage, invariants")
     rev.add_argument("--era", required=True, help="the variant (registered by --variants)")
@@ -194,7 +197,7 @@ def cmd_run(args) -> int:
     if err:
         return _fail(err)
     try:
-        doc = run_scenario(scenario, get_era(era_name), args.mode, args.vendor)
+        doc = run_scenario(scenario, get_era(era_name), args.mode, args.vendor, invariants=True)
     except ScenarioError as err:
         return _fail(f"{args.scenario}: {err}")
     if args.json:
@@ -227,7 +230,7 @@ def _run_streamed(args) -> int:
         return _fail(err)
     try:
         head, steps, tail = stream_scenario(scenario, stream.events(), get_era(era_name),
-                                            args.mode, args.vendor)
+                                            args.mode, args.vendor, invariants=True)
     except ScenarioError as err:
         return _fail(f"{args.scenario}: {err}")
     sys.stdout.flush()
@@ -317,14 +320,17 @@ def cmd_check(args) -> int:
 
 def cmd_ablate(args) -> int:
     from .analysis.ablate import ABLATION_MODES, DECISIONS, MAX_EXAMPLES, ablation_table, ablation_text
-    err = (_in_range(args.examples, "--examples", MAX_EXAMPLES) or _in_range(args.jobs, "--jobs", 64)
+    err = (load_variants(args.variants) or _in_range(args.examples, "--examples", MAX_EXAMPLES)
+           or _in_range(args.jobs, "--jobs", 64)
            or _unknown_era([args.era]))
     if err:
         return _fail(err)
-    if args.era not in DECISIONS:
-        return _fail(f"--era: no decision list for {args.era!r} (have: {', '.join(DECISIONS)})")
+    listed = args.era if args.era in DECISIONS else get_era(args.era).parent
+    if listed not in DECISIONS:
+        return _fail(f"--era: no decision list for {args.era!r} (have: {', '.join(DECISIONS)}, "
+                     "or a variant of one)")
     rows = ablation_table(args.era, tuple(args.mode or ABLATION_MODES),
-                          args.vendor, args.examples, jobs=args.jobs,
+                          args.vendor, args.examples, decisions=DECISIONS[listed], jobs=args.jobs,
                           progress=_progress("rows"))
     _progress_done()
     if args.json:

@@ -69,3 +69,49 @@ def test_review_command_line():
     assert "changes: era fields efer_role_bits" in r.stdout
     r = cli("review", "--era", "v6.18")
     assert r.returncode == 2 and "is not a variant" in r.stderr
+
+
+def _lam_cr3_program():
+    from mmu_model import parse_scenario
+    return parse_scenario({"name": "cr3-bit-62", "mode": "shadow", "vendor": "vmx", "vcpus": 1,
+                           "start": "long-mode",
+                           "events": [{"op": "mov_cr3", "value": hex(0x2000 | 1 << 62)}]})
+
+
+def test_a_variant_can_replace_the_cr3_legality_predicate_and_the_trace_then_shows_it():
+    """kvm_vcpu_is_legal_cr3() goes through vcpu.ops: untraced (goldens stay as
+    they are) until a variant replaces it; then its replacement decides and is traced."""
+    from mmu_model import get_era, run_scenario
+    sc = _lam_cr3_program()
+    base = run_scenario(sc, get_era("v6.18"))["steps"][0]
+    assert base["fault"] == "GP" and "kvm_vcpu_is_legal_cr3" not in base["calls"]
+    lax = get_era("v6.18").derive("v6.18+cr3-bit-62", "CR3 bit 62 legal",
+                                  kvm_vcpu_is_legal_cr3=lambda vcpu, cr3: not (cr3 & ~(1 << 62)) >> 52)
+    step = run_scenario(sc, lax)["steps"][0]
+    assert step["fault"] is None and "kvm_vcpu_is_legal_cr3" in step["calls"]
+    assert step["calls"].index("kvm_vcpu_is_legal_cr3") > step["calls"].index("kvm_set_cr3")
+
+
+def test_a_variant_can_replace_the_canonical_check_invlpg_calls():
+    from mmu_model import get_era, parse_scenario, run_scenario
+    sc = parse_scenario({"name": "invlpg", "mode": "shadow", "vendor": "vmx", "vcpus": 1,
+                         "start": "long-mode", "events": [{"op": "invlpg", "addr": "0x400000"}]})
+    assert "is_noncanonical_address" not in run_scenario(sc, get_era("v6.18"))["steps"][0]["calls"]
+    never = get_era("v6.18").derive("v6.18+all-noncanonical", "every address non-canonical",
+                                    is_noncanonical_address=lambda vcpu, gva: True)
+    calls = run_scenario(sc, never)["steps"][0]["calls"]
+    assert "is_noncanonical_address" in calls
+    assert "vmx_flush_tlb_gva" in run_scenario(sc, get_era("v6.18"))["steps"][0]["calls"]
+    assert "vmx_flush_tlb_gva" not in calls      # the replaced check skips the flush
+
+
+def test_ablate_takes_variants_and_uses_the_parents_decision_list():
+    import json
+
+    r = cli("ablate", "--variants", str(EXAMPLES / "variant_no_pcide_flush.py"),
+            "--era", "v6.18~no-pcide-flush", "--mode", "shadow", "--examples", "5", "--json")
+    assert r.returncode == 0, r.stderr
+    base = cli("ablate", "--era", "v6.18", "--mode", "shadow", "--examples", "5", "--json")
+    assert [x["decision"] for x in json.loads(r.stdout)] == [x["decision"] for x in json.loads(base.stdout)]
+    r = cli("ablate", "--era", "v6.18~no-pcide-flush", "--examples", "5")
+    assert r.returncode == 2 and r.stdout == "" and "v6.18~no-pcide-flush" in r.stderr

@@ -31,7 +31,7 @@ def workload(tmp_path_factory):
 
 def _doc(path, *flags):
     args = dict(zip(flags[::2], flags[1::2]))
-    return run_scenario(load_scenario(path), args.get("--era"), args.get("--mode"))
+    return run_scenario(load_scenario(path), args.get("--era"), args.get("--mode"), invariants=True)
 
 
 @pytest.mark.parametrize("vcpus", [1, 8])

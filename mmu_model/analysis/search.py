@@ -310,9 +310,10 @@ def reproduction(era, mode, vendor, found) -> dict:
         "name": f"check-{era}-{mode}",
         "description": (f"Shortest program found by 'check' under {era}/{mode}/{vendor}: after "
                         f"step {step} the guest can use {v['stale']} for {v['addr']} "
-                        f"(PCID {v['pcid']}, from the {v['source']}), which step "
-                        f"{v['invalidated_by_step']} should have invalidated; its tables say "
-                        f"{v['expected']}."),
+                        f"(PCID {v['pcid']}, from the {v['source']})"
+                        + (f", which step {v['invalidated_by_step']} should have invalidated"
+                           if v["invalidated_by_step"] is not None else "")
+                        + f"; its tables say {v['expected']}."),
         "era": era, "mode": mode, "vendor": vendor, "vcpus": 1, "start": start,
         "events": events,
     }

@@ -25,10 +25,10 @@ for _module, _names in [
           "kvm_mmu_new_pgd mmu_alloc_root kvm_mmu_get_shadow_page mmu_alloc_direct_roots "
           "mmu_alloc_shadow_roots kvm_mmu_sync_roots kvm_mmu_sync_prev_roots kvm_mmu_load_pgd "
           "kvm_mmu_load kvm_mmu_reload kvm_mmu_free_obsolete_roots kvm_mmu_invalidate_addr "
-          "kvm_mmu_invlpg kvm_mmu_invpcid_gva"),
+          "kvm_mmu_invlpg kvm_mmu_invpcid_gva is_noncanonical_address"),
     (tdp_mmu, "kvm_tdp_mmu_alloc_root kvm_tdp_mmu_put_root"),
     (x86, "load_pdptrs kvm_set_cr0 kvm_post_set_cr0 kvm_set_cr4 kvm_post_set_cr4 kvm_set_cr3 "
-          "kvm_invalidate_pcid kvm_handle_invpcid set_efer __set_sregs kvm_vcpu_reset "
+          "kvm_vcpu_is_legal_cr3 kvm_invalidate_pcid kvm_handle_invpcid set_efer __set_sregs kvm_vcpu_reset "
           "__apic_accept_irq kvm_apic_accept_events kvm_vcpu_flush_tlb_current kvm_vcpu_flush_tlb_guest "
           "kvm_vcpu_flush_tlb_all kvm_service_local_tlb_flush_requests "
           "kvm_check_and_inject_events vcpu_enter_guest"),
@@ -45,7 +45,8 @@ for _module, _names in [
 CORE_FUNCTIONS.update(vendor.VENDOR_FUNCTIONS)
 
 # Functions the trace leaves out: predicates called in loops add lines, not insight.
-UNTRACED = frozenset({"is_root_usable"})
+# A variant that replaces one is traced (build_ops): the replacement is the news.
+UNTRACED = frozenset({"is_root_usable", "kvm_vcpu_is_legal_cr3", "is_noncanonical_address"})
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,8 @@ class Era:
         ops = SimpleNamespace()
         for core_name, fn in {**CORE_FUNCTIONS, **self.overrides}.items():
             name = self.kernel_name(core_name, vendor_name)
-            if trace is not None and name is not None and core_name not in UNTRACED:
+            if (trace is not None and name is not None
+                    and (core_name not in UNTRACED or core_name in self.overrides)):
                 fn = traced(trace, name, fn)
             if self.op_wrapper is not None:
                 fn = self.op_wrapper(core_name, fn)

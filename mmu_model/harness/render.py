@@ -61,6 +61,14 @@ def _short_req(name: str) -> str:
     return name.replace("KVM_REQ_", "")
 
 
+def _exit(step: dict, ev: dict) -> str:
+    """The exit column: a host ioctl (KVM_SET_SREGS, a host-initiated WRMSR)
+    is no VM exit, so it reads "ioctl" rather than "yes"."""
+    if ev["op"] == "set_sregs" or ev.get("host"):
+        return "ioctl"
+    return "yes" if step["intercepted"] else "no"
+
+
 def step_table(doc: dict, events: list[dict]) -> str:
     """The outcome document as a table, one row per step, parameters echoed first."""
     head = [f"scenario: {doc['scenario']}   era: {doc['era']}   mode: {doc['mode']}   "
@@ -75,7 +83,7 @@ def step_table(doc: dict, events: list[dict]) -> str:
         n = s.get("nested")
         rows.append((
             str(s["index"]), str(s["vcpu"]), *((n["level"],) if nested else ()), event_label(ev),
-            "yes" if s["intercepted"] else "no",
+            _exit(s, ev),
             s["fault"] or "-",
             _root(s["root"]), s["root_source"],
             " ".join(_root(p) for p in s["prev_roots"]),
@@ -101,6 +109,7 @@ def step_table(doc: dict, events: list[dict]) -> str:
             notes.append(f"  step {s['index']}: VIOLATION vCPU {v['vcpu']} {v['addr']} (PCID "
                          f"{v['pcid']}): the guest can use {v['stale']} from the {v['source']}, "
                          f"its tables say {v['expected']}{when}")
+        notes += [f"  step {s['index']}: INVARIANT {p}" for p in s.get("invariants", ())]
     if notes:
         lines += ["", "notes:"] + notes
     t = doc["totals"]

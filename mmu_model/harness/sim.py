@@ -433,16 +433,19 @@ HANDLERS = {
 
 
 def run_scenario(scenario: Scenario, era: Era | str | None = None, mode: str | None = None,
-                 vendor_name: str | None = None, trace: bool = True) -> dict:
-    """Run a parsed scenario; flags override its mode/vendor. Returns the outcome document."""
+                 vendor_name: str | None = None, trace: bool = True,
+                 invariants: bool = False) -> dict:
+    """Run a parsed scenario; flags override its mode/vendor. Returns the outcome document.
+    ``invariants``: each step also lists the model's invariant breaks after it
+    (harness/invariants.py), as ``invariants`` (``run`` turns it on)."""
     head, steps, tail = stream_scenario(scenario, scenario.events, era, mode, vendor_name, trace,
-                                        keep=True)
+                                        keep=True, invariants=invariants)
     return {**head, "steps": list(steps), **tail()}
 
 
 def stream_scenario(scenario: Scenario, events, era: Era | str | None = None,
                     mode: str | None = None, vendor_name: str | None = None, trace: bool = True,
-                    keep: bool = False):
+                    keep: bool = False, invariants: bool = False):
     """The outcome document in three parts, for writing it as it is computed:
     ``(head, steps, tail)`` - the fields before ``steps``, an iterator of the
     step outcomes (each computed when it is asked for), and a function that
@@ -459,4 +462,10 @@ def stream_scenario(scenario: Scenario, events, era: Era | str | None = None,
         if any(notes):
             out["inferred"] = "; ".join(n for n in notes if n)
         return out
-    return head, map(sim.step, events), tail
+    step = sim.step
+    if invariants:
+        from .invariants import check_invariants
+
+        def step(ev):
+            return {**sim.step(ev), "invariants": check_invariants(sim.kvm)}
+    return head, map(step, events), tail

@@ -467,7 +467,11 @@ def kvm_mmu_free_obsolete_roots(vcpu):
 # INVLPG and INVPCID(individual address)
 
 def is_noncanonical_address(vcpu, gva) -> bool:
-    """Whether ``gva`` is not canonical for the vCPU's linear-address width."""
+    """Whether ``gva`` is not canonical for the vCPU's linear-address width.
+
+    Mirrors: arch/x86/kvm/x86.h: is_noncanonical_address() (v6.12+:
+    is_noncanonical_invlpg_address() for INVLPG/INVPCID)
+    """
     bits = 57 if vcpu.cr4 & X86_CR4_LA57 else 48
     top = gva >> (bits - 1)
     return top not in (0, (1 << (64 - bits + 1)) - 1)
@@ -481,7 +485,7 @@ def kvm_mmu_invalidate_addr(vcpu, mmu, addr, roots):
     Mirrors: arch/x86/kvm/mmu/mmu.c: kvm_mmu_invalidate_addr() (v6.4+;
     kvm_mmu_invalidate_gva() before)
     """
-    if is_noncanonical_address(vcpu, addr):
+    if vcpu.ops.is_noncanonical_address(vcpu, addr):
         return
     vcpu.ops.flush_tlb_gva(vcpu, addr)
     if mmu.root_role.direct:

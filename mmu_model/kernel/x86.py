@@ -238,7 +238,7 @@ def kvm_set_cr3(vcpu, cr3):
         cr3 &= ~X86_CR3_PCID_NOFLUSH
         pcid = cr3 & X86_CR3_PCID_MASK
     if not (cr3 == vcpu.cr3 and not is_pae_paging(vcpu)):
-        if not kvm_vcpu_is_legal_cr3(vcpu, cr3):
+        if not ops.kvm_vcpu_is_legal_cr3(vcpu, cr3):
             return f"CR3 value {cr3:#x} sets bits above MAXPHYADDR ({GUEST_MAXPHYADDR})"
         if is_pae_paging(vcpu) and not ops.load_pdptrs(vcpu, cr3):
             return "the PAE PDPTEs are invalid"
@@ -341,7 +341,7 @@ def kvm_is_valid_sregs(vcpu, sregs):
     if sregs["efer"] & EFER_LME and sregs["cr0"] & X86_CR0_PG:
         if not sregs["cr4"] & X86_CR4_PAE or not sregs["efer"] & EFER_LMA:
             return "EFER.LME with CR0.PG needs CR4.PAE and EFER.LMA"
-        if not kvm_vcpu_is_legal_cr3(vcpu, sregs["cr3"]):
+        if not vcpu.ops.kvm_vcpu_is_legal_cr3(vcpu, sregs["cr3"]):
             return f"CR3 value {sregs['cr3']:#x} sets bits above MAXPHYADDR"
     elif sregs["efer"] & EFER_LMA:
         return "EFER.LMA=1 outside long mode"
