@@ -32,6 +32,9 @@ SKIP = {
     "./run bench": "prints benchmark figures; tests/test_bench.py runs its quick version",
     "./run bench-browser": "drives Chromium against a Voila server for minutes",
     "./run handout": "executes every notebook again; tests/test_handout.py covers it",
+    "./run bench-probe": "prints the probe's figures; tests/test_probe.py runs the same checks",
+    "sudo .venv/bin/python": "needs root and tracefs; tests/test_probe.py runs traced probes "
+                             "with MMU_PROBE_TRACE=1",
 }
 
 # Commands run with a smaller size than written, and why: the claim checked next
@@ -73,7 +76,7 @@ def mmu_args(cmd):
     """The arguments after 'python -m mmu_model', or None for other commands."""
     words = shlex.split(cmd)
     for i in range(len(words) - 2):
-        if words[i].endswith("python") and words[i + 1:i + 3] == ["-m", "mmu_model"]:
+        if re.search(r"python3?$", words[i]) and words[i + 1:i + 3] == ["-m", "mmu_model"]:
             return words[i + 3:]
     return None
 
@@ -121,6 +124,18 @@ def _which_matter(args, r):
     assert "not a proof" in r.stdout.splitlines()[-1]
 
 
+def _probe_agrees(args, r):
+    assert "agree" in r.stdout, r.stdout[-500:]
+
+
+def _probe_other_era(args, r):
+    assert "disagree" in r.stdout, r.stdout[-500:]
+
+
+def _probe_refuses(args, r):
+    assert r.stdout == "" and r.stderr.count("\n") == 1 and "PCID" in r.stderr, r.stderr
+
+
 def _add_json(args, r):
     doc = json.loads(run_cli(args + ["--json"]).stdout)
     assert doc["runs"] and doc["steps"], list(doc)
@@ -134,6 +149,9 @@ CLAIMS = {
     "prints the shortest reproduction": _shortest_reproduction,
     "which unloads/flushes matter": _which_matter,
     "add --json for the contract's format": _add_json,
+    ": every step agrees": _probe_agrees,
+    ": not this kernel's era": _probe_other_era,
+    ": no PCID here (one line)": _probe_refuses,
 }
 def known_claims(claim):
     found = [k for k in CLAIMS if k in claim]
@@ -169,7 +187,7 @@ def test_readme_shell_command(cmd, claim, tmp_path):
 
 def test_readme_states_the_bad_input_line(tmp_path):
     """The README's example of bad input is the line the CLI prints for it."""
-    shown = re.search(r"```\n(bad\.json: events\[3\]\.op: .*?)\n```", README).group(1)
+    shown = re.search(r"```\n(bad\.json: events\[3\]\.op: .*?)\n", README).group(1)
     assert shown.endswith("...)")
     bad = {"name": "bad", "start": "long-mode", "events": [
         {"op": "mov_cr3", "value": "0x2000"}, {"op": "smi"}, {"op": "rsm"}, {"op": "mov_cr9"}]}
