@@ -32,6 +32,8 @@ SKIP = {
     "./run bench": "prints benchmark figures; tests/test_bench.py runs its quick version",
     "./run bench-browser": "drives Chromium against a Voila server for minutes",
     "./run handout": "executes every notebook again; tests/test_handout.py covers it",
+    "./run lite": "builds (and with --serve serves) the JupyterLite site; tests/test_lite.py "
+                  "builds it and runs notebooks in it in Chromium",
     "./run bench-probe": "prints the probe's figures; tests/test_probe.py runs the same checks",
     "sudo .venv/bin/python": "needs root and tracefs; tests/test_probe.py runs traced probes "
                              "with MMU_PROBE_TRACE=1",
